@@ -20,10 +20,11 @@ setup(
     python_requires=">=3.11",
     # The kernel library lives in kernels/ (layout fixed by the product design) but imports as
     # uad_kernels: a top-level `kernels` would collide with the PyPI package of that name.
+    # server_app/ ships as uad_server_app so `uad serve` finds the MONAI Label app in any install
     packages=find_packages(include=["uad_label", "uad_label.*"]) + ["uad_kernels"] + [
         "uad_kernels." + p for p in find_packages(where="kernels")
-    ],
-    package_dir={"uad_kernels": "kernels"},
+    ] + ["uad_server_app"] + ["uad_server_app." + p for p in find_packages(where="server_app")],
+    package_dir={"uad_kernels": "kernels", "uad_server_app": "server_app"},
     package_data={"uad_label": ["assets/*", "assets/**/*"]},
     include_package_data=True,
     install_requires=_requirements("base.txt"),

@@ -1,0 +1,30 @@
+"""Detector registry. Detectors are imported on first use so that listing them stays cheap and a
+detector whose optional dependencies are missing does not break the others."""
+from __future__ import annotations
+
+import importlib
+
+from .base import Detector
+
+_REGISTRY: dict[str, str] = {
+    "flair_threshold": "uad_label.detectors.flair_threshold:FlairThreshold",
+}
+_INSTANCES: dict[str, Detector] = {}
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_detector(name: str) -> Detector:
+    if name not in _REGISTRY:
+        raise ValueError(f"detector: expected one of {available()}, received {name!r}")
+    if name not in _INSTANCES:
+        module, cls = _REGISTRY[name].split(":")
+        _INSTANCES[name] = getattr(importlib.import_module(module), cls)()
+    return _INSTANCES[name]
+
+
+def register(name: str, target: str) -> None:
+    """Add a detector ('package.module:Class'); later issues plug theirs in here."""
+    _REGISTRY[name] = target

@@ -1,0 +1,87 @@
+"""Thresholding, size filtering and the findings table, on a map in a given voxel grid.
+
+Sizes are in mm^3 so the same filter means the same thing on a 1 mm template grid (where the
+published 'components of 20 voxels or fewer' is 20 mm^3) and on an anisotropic scanner grid.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage as ndi
+
+_STRUCTURES = {6: 1, 18: 2, 26: 3}
+
+
+def structure(connectivity: int = 26) -> np.ndarray:
+    if connectivity not in _STRUCTURES:
+        raise ValueError(f"connectivity: expected 6, 18 or 26, received {connectivity}")
+    return ndi.generate_binary_structure(3, _STRUCTURES[connectivity])
+
+
+def threshold_mask(score_map: np.ndarray, threshold: float, min_component_mm3: float = 20.0,
+                   voxel_volume_mm3: float = 1.0, connectivity: int = 26,
+                   brain: np.ndarray | None = None) -> np.ndarray:
+    """score_map > threshold (inside `brain` if given), without components of at most
+    `min_component_mm3` mm^3."""
+    mask = np.asarray(score_map) > threshold
+    if brain is not None:
+        mask &= np.asarray(brain, bool)
+    if min_component_mm3 > 0 and mask.any():
+        labels, n = ndi.label(mask, structure=structure(connectivity))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_volume_mm3
+        keep = sizes > min_component_mm3
+        keep[0] = False
+        mask = keep[labels]
+    return mask
+
+
+def component_table(mask: np.ndarray, score_map: np.ndarray, voxel_volume_mm3: float,
+                    index_to_ras: Callable[[np.ndarray], np.ndarray], connectivity: int = 26) -> list[dict]:
+    """One row per connected component of `mask`, largest maximum score first.
+
+    index_to_ras maps (N, 3) voxel indices (array axis order) to RAS millimetres."""
+    labels, n = ndi.label(mask, structure=structure(connectivity))
+    if n == 0:
+        return []
+    ids = np.arange(1, n + 1)
+    flat = labels.ravel()
+    counts = np.bincount(flat, minlength=n + 1)[1:]
+    scores = np.asarray(score_map, np.float64)
+    sums = np.bincount(flat, weights=scores.ravel(), minlength=n + 1)[1:]
+    maxima = ndi.maximum(scores, labels, ids)
+    centres = np.array(ndi.center_of_mass(np.ones_like(scores), labels, ids), np.float64).reshape(-1, 3)
+    centres_ras = index_to_ras(centres)
+    boxes = ndi.find_objects(labels)
+    rows = []
+    for i in range(n):
+        box = boxes[i]
+        rows.append({
+            "voxels": int(counts[i]),
+            "volume_ml": float(counts[i] * voxel_volume_mm3 / 1000.0),
+            "max_score": float(maxima[i]),
+            "mean_score": float(sums[i] / counts[i]),
+            "centroid_ras": [round(float(c), 3) for c in centres_ras[i]],
+            "centroid_index": [round(float(c), 3) for c in centres[i]],
+            "bbox_index": [[int(s.start) for s in box], [int(s.stop) - 1 for s in box]],
+        })
+    rows.sort(key=lambda r: (-r["max_score"], -r["voxels"]))
+    for k, r in enumerate(rows, start=1):
+        r["id"] = k
+    return [{"id": r.pop("id"), **r} for r in rows]
+
+
+def slice_scores(score_map: np.ndarray, mask: np.ndarray, brain: np.ndarray, axis: int) -> np.ndarray:
+    """Per-slice anomaly score of Oliinyk et al.: the thresholded map summed over the slice,
+    divided by the number of non-anomalous (brain, not flagged) pixels of that slice."""
+    thresholded = np.where(mask, score_map, 0.0).astype(np.float64)
+    other = tuple(a for a in range(3) if a != axis)
+    total = thresholded.sum(axis=other)
+    normal = np.logical_and(brain, ~mask).sum(axis=other)
+    return np.where(normal > 0, total / np.maximum(normal, 1), 0.0)
+
+
+def image_score(score_map: np.ndarray, mask: np.ndarray, brain: np.ndarray) -> float:
+    """The slice score's formula over the whole volume: one number to rank cases by."""
+    normal = int(np.logical_and(brain, ~mask).sum())
+    return float(np.where(mask, score_map, 0.0).sum() / normal) if normal else 0.0

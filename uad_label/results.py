@@ -1,0 +1,130 @@
+"""The result every detector returns, in the grid of the scan the user loaded.
+
+A result holds a float32 anomaly map (never cast to uint8: the stock Slicer client's uint8 cast
+turns such maps into zeros), the binary mask at the threshold used, extra float maps a detector
+may add (the segmenter's uncertainty), and a JSON-able `info` dict:
+
+- detector, threshold, threshold_source, min_component_mm3, connectivity
+- map_range [min, max] inside the brain
+- image_score: the slice-score formula over the whole volume (ranks cases)
+- anomalous_volume_ml
+- components: id, voxels, volume_ml, max_score, mean_score, centroid_ras (mm, scanner RAS of the
+  loaded scan), centroid_index and bbox_index (voxel indices i, j, k of the loaded scan)
+- slice_scores: axis (voxel axis closest to superior), values, positions_ras (centre of each slice)
+- latencies: seconds per stage; preprocessing: registration metrics and options
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .postprocess.components import component_table, image_score, slice_scores, threshold_mask
+
+
+def image_to_array(image: sitk.Image) -> np.ndarray:
+    """Voxel array indexed (i, j, k) as the image's own index order (Slicer's IJK)."""
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+
+
+def array_to_image(array: np.ndarray, reference: sitk.Image, dtype=np.float32) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype).transpose(2, 1, 0)))
+    image.CopyInformation(reference)
+    return image
+
+
+def index_to_ras(image: sitk.Image, index: np.ndarray) -> np.ndarray:
+    """(N, 3) continuous voxel indices (i, j, k) -> (N, 3) RAS millimetres."""
+    index = np.asarray(index, np.float64).reshape(-1, 3)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    lps = np.asarray(image.GetOrigin()) + (index * np.asarray(image.GetSpacing())) @ direction.T
+    return lps * np.array([-1.0, -1.0, 1.0])
+
+
+def superior_axis(image: sitk.Image) -> int:
+    """The voxel axis most aligned with inferior-superior: the axis axial slices are taken along."""
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    return int(np.argmax(np.abs(direction[2, :])))
+
+
+def voxel_volume_mm3(image: sitk.Image) -> float:
+    return float(np.prod(image.GetSpacing()))
+
+
+@dataclass
+class DetectionResult:
+    anomaly_map: sitk.Image
+    mask: sitk.Image
+    info: dict
+    extras: dict[str, sitk.Image] = field(default_factory=dict)
+
+    def save(self, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
+        """Write map, mask, extras (NIfTI) and the JSON; each file appears whole or not at all."""
+        from .io import save_image
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"map": out / f"{prefix}map.nii.gz", "mask": out / f"{prefix}mask.nii.gz",
+                 "json": out / f"{prefix}result.json"}
+        save_image(self.anomaly_map, paths["map"])
+        save_image(self.mask, paths["mask"])
+        for name, img in self.extras.items():
+            paths[name] = out / f"{prefix}{name}.nii.gz"
+            save_image(img, paths[name])
+        write_json_atomic(self.info, paths["json"])
+        return paths
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, allow_nan=False, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def summarise(native_map: sitk.Image, native_brain: sitk.Image, threshold: float,
+              min_component_mm3: float = 20.0, connectivity: int = 26) -> tuple[sitk.Image, dict]:
+    """Mask, findings and scores of a float map in its own (native) grid."""
+    scores = image_to_array(native_map).astype(np.float32)
+    brain = image_to_array(native_brain) > 0
+    vv = voxel_volume_mm3(native_map)
+    mask = threshold_mask(scores, threshold, min_component_mm3, vv, connectivity, brain)
+    axis = superior_axis(native_map)
+    per_slice = slice_scores(scores, mask, brain, axis)
+    centres = np.zeros((scores.shape[axis], 3))
+    centres[:] = (np.array(scores.shape) - 1) / 2.0
+    centres[:, axis] = np.arange(scores.shape[axis])
+    inside = scores[brain]
+    info = {
+        "threshold": float(threshold),
+        "min_component_mm3": float(min_component_mm3),
+        "connectivity": int(connectivity),
+        "map_range": [float(inside.min()), float(inside.max())] if inside.size else [0.0, 0.0],
+        "image_score": image_score(scores, mask, brain),
+        "anomalous_volume_ml": float(mask.sum() * vv / 1000.0),
+        "components": component_table(mask, scores, vv, lambda idx: index_to_ras(native_map, idx), connectivity),
+        "slice_scores": {"axis": axis, "values": per_slice.round(6).tolist(),
+                         "positions_ras": index_to_ras(native_map, centres).round(3).tolist()},
+    }
+    return array_to_image(mask, native_map, np.uint8), info
