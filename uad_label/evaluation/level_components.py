@@ -18,7 +18,7 @@ except ImportError:  # pragma: no cover - numba is a declared dependency
 
 
 def _offsets(shape: tuple[int, ...], connectivity: int) -> np.ndarray:
-    """Flat-index offsets of the already-visited half of the neighbourhood (13 of 26, 3 of 6...)."""
+    """Half of the neighbourhood offsets (13 of 26, 9 of 18, 3 of 6), one of each +/- pair."""
     offs = []
     for dx in (-1, 0, 1):
         for dy in (-1, 0, 1):
@@ -26,7 +26,8 @@ def _offsets(shape: tuple[int, ...], connectivity: int) -> np.ndarray:
                 n = abs(dx) + abs(dy) + abs(dz)
                 if n == 0 or (connectivity == 6 and n > 1) or (connectivity == 18 and n > 2):
                     continue
-                offs.append((dx, dy, dz))
+                if (dx, dy, dz) > (0, 0, 0):  # one of each +/- pair; the caller adds the negation
+                    offs.append((dx, dy, dz))
     return np.array(offs, dtype=np.int64)
 
 
@@ -114,8 +115,13 @@ if numba is not None:
 
 
 def quantize(score_map: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Level of each voxel: the number of thresholds strictly below it (score > t_k  <=>  level > k)."""
-    return np.searchsorted(np.asarray(thresholds, np.float64), score_map.astype(np.float64), side="left").astype(np.int32)
+    """Level of each voxel: the number of thresholds strictly below it (score > t_k  <=>  level > k).
+
+    Thresholds are compared in the map's own float type, as `score_map > t` does for a float32
+    map and a scalar threshold in NumPy 1.x (the reference implementation's semantics)."""
+    dtype = score_map.dtype if np.issubdtype(score_map.dtype, np.floating) else np.float64
+    th = np.asarray(thresholds, np.float64).astype(dtype)
+    return np.searchsorted(th, score_map, side="left").astype(np.int32)
 
 
 def filtered_counts(

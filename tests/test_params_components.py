@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from uad_label.detectors import available, get_detector
+from uad_label.detectors.params import Param, validate
+from uad_label.postprocess.components import component_table, slice_scores, threshold_mask
+from uad_label.results import array_to_image, image_to_array, index_to_ras, summarise, superior_axis
+
+
+def test_param_validation_names_parameter_expectation_and_value():
+    declared = (Param("box", 16, int, "box size", minimum=1), Param("norm", "l1", str, "norm", choices=("l1", "l2")),
+                Param("t", None, float, "threshold", nullable=True))
+    assert validate(declared, {"box": "8"}) == {"box": 8, "norm": "l1", "t": None}
+    with pytest.raises(ValueError, match=r"parameter 'box': expected an integer >= 1, received 0"):
+        validate(declared, {"box": 0})
+    with pytest.raises(ValueError, match=r"parameter 'norm': expected one of \['l1', 'l2'\], received 'l3'"):
+        validate(declared, {"norm": "l3"})
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['boxx'\]"):
+        validate(declared, {"boxx": 3})
+    with pytest.raises(ValueError, match="finite"):
+        validate(declared, {"t": "nan"})
+    with pytest.raises(ValueError, match="an integer"):
+        validate(declared, {"box": 2.5})
+
+
+def test_registry_lists_flair_and_refuses_unknown():
+    assert "flair_threshold" in available()
+    with pytest.raises(ValueError, match="detector: expected one of"):
+        get_detector("nope")
+    info = get_detector("flair_threshold").info()
+    assert info["params"]["min_component_mm3"]["default"] == 20.0
+
+
+def test_threshold_mask_removes_components_up_to_size_in_mm3():
+    m = np.zeros((10, 10, 10), np.float32)
+    m[1:4, 1:4, 1:4] = 1.0  # 27 voxels
+    m[7, 7, 7:9] = 1.0  # 2 voxels
+    assert threshold_mask(m, 0.5, 20, 1.0).sum() == 27
+    assert threshold_mask(m, 0.5, 1.9, 1.0).sum() == 29
+    # the same 2 voxels are 20 mm^3 on a 10 mm^3 grid: removed (<= 20), the 27-voxel blob kept
+    assert threshold_mask(m, 0.5, 20, 10.0).sum() == 27
+    assert threshold_mask(m, 0.5, 270, 10.0).sum() == 0
+
+
+def test_component_table_rows_and_slice_scores():
+    m = np.zeros((8, 9, 10), np.float32)
+    m[1:3, 1:3, 1:3] = 0.8
+    m[5:8, 5:8, 6:9] = 0.9
+    mask = m > 0.5
+    rows = component_table(mask, m, 2.0, lambda idx: idx * 2.0)
+    assert [r["id"] for r in rows] == [1, 2]
+    assert rows[0]["voxels"] == 27 and rows[0]["max_score"] == pytest.approx(0.9)
+    assert rows[0]["volume_ml"] == pytest.approx(27 * 2.0 / 1000)
+    assert rows[0]["centroid_ras"] == [12.0, 12.0, 14.0]
+    assert rows[1]["bbox_index"] == [[1, 1, 1], [2, 2, 2]]
+    brain = np.ones_like(mask)
+    s = slice_scores(m, mask, brain, axis=2)
+    # slice z=1: 4 voxels of 0.8 flagged, 8 * 9 - 4 normal voxels
+    assert s[1] == pytest.approx(4 * 0.8 / (72 - 4))
+    assert s[0] == 0.0
+
+
+def test_summarise_in_a_rotated_lps_grid():
+    arr = np.zeros((12, 14, 10), np.float32)
+    arr[3:7, 4:8, 2:6] = 1.0
+    ref = sitk.Image(12, 14, 10, sitk.sitkFloat32)
+    ref.SetSpacing((0.5, 0.5, 3.0))
+    ref.SetOrigin((10.0, -5.0, 2.0))
+    ref.SetDirection((1, 0, 0, 0, 0, -1, 0, 1, 0))  # k axis along anterior-posterior... j along S
+    img = array_to_image(arr, ref)
+    assert np.array_equal(image_to_array(img), arr)
+    brain = array_to_image(np.ones_like(arr), ref, np.uint8)
+    assert superior_axis(img) == 1
+    mask, info = summarise(img, brain, 0.5, min_component_mm3=20)
+    assert image_to_array(mask).sum() == 64  # 64 voxels * 0.75 mm^3 = 48 mm^3 > 20
+    comp = info["components"][0]
+    assert comp["volume_ml"] == pytest.approx(64 * 0.75 / 1000)
+    expected = index_to_ras(img, np.array([[4.5, 5.5, 3.5]]))[0]
+    assert comp["centroid_ras"] == pytest.approx(expected.tolist(), abs=1e-3)
+    lps = img.TransformContinuousIndexToPhysicalPoint((4.5, 5.5, 3.5))
+    assert comp["centroid_ras"] == pytest.approx([-lps[0], -lps[1], lps[2]], abs=1e-3)
+    assert len(info["slice_scores"]["values"]) == 14
