@@ -10,7 +10,7 @@ Importing this package needs neither a GPU nor Triton nor CuPy: submodules load 
 Ops (module -> public functions):
   patch_gather  gather_patches, extract_patches, grid_patches, grid_starts
   inpaint       inpaint_windows, inpaint_batch, inpaint_scores, finalize_heatmap, inpaint_heatmap
-  error_map     error_map
+  recon_error   error_map, ErrorMap
   stitching     importance_map, sliding_window_starts, overlap_add, sliding_window_inference
   postprocess   connected_components, remove_small_components, median_filter, grey_erosion,
                 binary_opening, otsu_threshold
@@ -31,8 +31,8 @@ _EXPORTS = {
     "inpaint_scores": "inpaint",
     "finalize_heatmap": "inpaint",
     "inpaint_heatmap": "inpaint",
-    "error_map": "error_map",
-    "ErrorMap": "error_map",
+    "error_map": "recon_error",
+    "ErrorMap": "recon_error",
     "importance_map": "stitching",
     "sliding_window_starts": "stitching",
     "overlap_add": "stitching",

@@ -19,16 +19,23 @@ ENV_BACKEND = "UAD_KERNELS_BACKEND"
 
 @functools.lru_cache(maxsize=None)
 def has_triton() -> bool:
-    """True when the `triton` package can be imported (it is not imported here)."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the `triton` package imports (first called when a kernel module loads)."""
+    try:
+        if importlib.util.find_spec("triton") is None:
+            return False
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing or broken install: use the references
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=None)
 def has_cupy() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
-    if importlib.util.find_spec("cupy") is None:
-        return False
     try:
+        if importlib.util.find_spec("cupy") is None:
+            return False
         import cupy
 
         return cupy.cuda.runtime.getDeviceCount() > 0
