@@ -105,16 +105,25 @@ def _json_default(o):
 
 def summarise(native_map: sitk.Image, native_brain: sitk.Image, threshold: float,
               min_component_mm3: float = 20.0, connectivity: int = 26) -> tuple[sitk.Image, dict]:
-    """Mask, findings and scores of a float map in its own (native) grid."""
-    scores = image_to_array(native_map).astype(np.float32)
-    brain = image_to_array(native_brain) > 0
+    """Mask, findings and scores of a float map in its own (native) grid.
+
+    Works on SimpleITK's (k, j, i) array views to avoid transposed copies of the volume; indices
+    in the JSON are reported as (i, j, k)."""
+    scores = sitk.GetArrayViewFromImage(native_map)
+    brain = sitk.GetArrayViewFromImage(native_brain) > 0
     vv = voxel_volume_mm3(native_map)
     mask = threshold_mask(scores, threshold, min_component_mm3, vv, connectivity, brain)
     axis = superior_axis(native_map)
-    per_slice = slice_scores(scores, mask, brain, axis)
-    centres = np.zeros((scores.shape[axis], 3))
-    centres[:] = (np.array(scores.shape) - 1) / 2.0
-    centres[:, axis] = np.arange(scores.shape[axis])
+    kji_axis = 2 - axis
+    per_slice = slice_scores(scores, mask, brain, kji_axis)
+    size = np.array(native_map.GetSize(), np.float64)  # (i, j, k)
+    centres = np.zeros((int(size[axis]), 3))
+    centres[:] = (size - 1) / 2.0
+    centres[:, axis] = np.arange(size[axis])
+    rows = component_table(mask, scores, vv, lambda kji: index_to_ras(native_map, kji[:, ::-1]), connectivity)
+    for r in rows:
+        r["centroid_index"] = r["centroid_index"][::-1]
+        r["bbox_index"] = [b[::-1] for b in r["bbox_index"]]
     inside = scores[brain]
     info = {
         "threshold": float(threshold),
@@ -123,8 +132,10 @@ def summarise(native_map: sitk.Image, native_brain: sitk.Image, threshold: float
         "map_range": [float(inside.min()), float(inside.max())] if inside.size else [0.0, 0.0],
         "image_score": image_score(scores, mask, brain),
         "anomalous_volume_ml": float(mask.sum() * vv / 1000.0),
-        "components": component_table(mask, scores, vv, lambda idx: index_to_ras(native_map, idx), connectivity),
+        "components": rows,
         "slice_scores": {"axis": axis, "values": per_slice.round(6).tolist(),
                          "positions_ras": index_to_ras(native_map, centres).round(3).tolist()},
     }
-    return array_to_image(mask, native_map, np.uint8), info
+    mask_image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    mask_image.CopyInformation(native_map)
+    return mask_image, info

@@ -40,35 +40,42 @@ def component_table(mask: np.ndarray, score_map: np.ndarray, voxel_volume_mm3: f
                     index_to_ras: Callable[[np.ndarray], np.ndarray], connectivity: int = 26) -> list[dict]:
     """One row per connected component of `mask`, largest maximum score first.
 
-    index_to_ras maps (N, 3) voxel indices (array axis order) to RAS millimetres."""
+    index_to_ras maps (N, 3) voxel indices (array axis order) to RAS millimetres. Statistics are
+    gathered over the flagged voxels only (scipy's per-label measurements scan the whole volume
+    once per statistic, seconds on a 7 M-voxel map with many components)."""
     labels, n = ndi.label(mask, structure=structure(connectivity))
     if n == 0:
         return []
-    ids = np.arange(1, n + 1)
-    flat = labels.ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:]
-    scores = np.asarray(score_map, np.float64)
-    sums = np.bincount(flat, weights=scores.ravel(), minlength=n + 1)[1:]
-    maxima = ndi.maximum(scores, labels, ids)
-    centres = np.array(ndi.center_of_mass(np.ones_like(scores), labels, ids), np.float64).reshape(-1, 3)
+    coords = np.nonzero(labels)
+    lab = labels[coords]
+    values = np.asarray(score_map)[coords].astype(np.float64)
+    counts = np.bincount(lab, minlength=n + 1)[1:]
+    sums = np.bincount(lab, weights=values, minlength=n + 1)[1:]
+    maxima = np.full(n + 1, -np.inf)
+    np.maximum.at(maxima, lab, values)
+    centres = np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] for c in coords], axis=1) / counts[:, None]
+    lo = np.stack([_reduce_at(np.minimum, c, lab, n, np.iinfo(np.int64).max) for c in coords], axis=1)
+    hi = np.stack([_reduce_at(np.maximum, c, lab, n, -1) for c in coords], axis=1)
     centres_ras = index_to_ras(centres)
-    boxes = ndi.find_objects(labels)
     rows = []
     for i in range(n):
-        box = boxes[i]
         rows.append({
             "voxels": int(counts[i]),
             "volume_ml": float(counts[i] * voxel_volume_mm3 / 1000.0),
-            "max_score": float(maxima[i]),
+            "max_score": float(maxima[i + 1]),
             "mean_score": float(sums[i] / counts[i]),
             "centroid_ras": [round(float(c), 3) for c in centres_ras[i]],
             "centroid_index": [round(float(c), 3) for c in centres[i]],
-            "bbox_index": [[int(s.start) for s in box], [int(s.stop) - 1 for s in box]],
+            "bbox_index": [lo[i].tolist(), hi[i].tolist()],
         })
     rows.sort(key=lambda r: (-r["max_score"], -r["voxels"]))
-    for k, r in enumerate(rows, start=1):
-        r["id"] = k
-    return [{"id": r.pop("id"), **r} for r in rows]
+    return [{"id": k, **r} for k, r in enumerate(rows, start=1)]
+
+
+def _reduce_at(ufunc, values: np.ndarray, labels: np.ndarray, n: int, init) -> np.ndarray:
+    out = np.full(n + 1, init, np.int64)
+    ufunc.at(out, labels, values.astype(np.int64))
+    return out[1:]
 
 
 def slice_scores(score_map: np.ndarray, mask: np.ndarray, brain: np.ndarray, axis: int) -> np.ndarray:

@@ -71,9 +71,11 @@ class PreprocessOptions:
             replaces the template / non-zero mask.
         spacing: work-grid voxel size in mm (raw input; template-space input is not resampled).
         n4_shrink, n4_iterations, n4_convergence: N4 fit on the image shrunk by ``n4_shrink``.
-        registration_shrink, registration_sigmas_mm, rigid_iterations, affine_iterations,
+        registration_shrink, registration_sigmas_mm (rigid levels), affine_shrink,
+        affine_sigmas_mm (affine levels), rigid_iterations, affine_iterations, min_step_mm,
         sampling_percentage, histogram_bins, affine, seed: multi-resolution registration
-            (Mattes MI, random sampling inside the dilated template brain mask).
+            (Mattes MI, random sampling inside the dilated template brain mask; shrink factors
+            are relative to the work grid, smoothing sigmas in mm).
         multimodal_registration: rigidly register the other modalities to the reference (else
             they are only resampled, assuming one scanner space).
         min_mutual_information: quality check, the final Mattes MI must be <= -this (Mattes MI is
@@ -96,8 +98,11 @@ class PreprocessOptions:
     n4_shrink: int = 4
     n4_iterations: tuple = (50, 50, 50)
     n4_convergence: float = 1e-3
-    registration_shrink: tuple = (4, 2, 1)
+    registration_shrink: tuple = (8, 4, 2)
     registration_sigmas_mm: tuple = (4.0, 2.0, 1.0)
+    affine_shrink: tuple = (4, 2)
+    affine_sigmas_mm: tuple = (2.0, 1.0)
+    min_step_mm: float = 0.01
     rigid_iterations: int = 100
     affine_iterations: int = 100
     sampling_percentage: float = 0.05

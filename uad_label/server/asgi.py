@@ -165,12 +165,15 @@ def _respond(result: dict, output: str | None, background_tasks: BackgroundTasks
 
 
 def _install(router: APIRouter) -> None:
-    """Put our routes in front of MONAI Label's routes with the same path and method."""
-    prefix = settings.MONAI_LABEL_API_STR
-    ours = {(prefix + r.path, m) for r in router.routes for m in r.methods}
-    app.router.routes[:] = [r for r in app.router.routes
-                            if not any((getattr(r, "path", None), m) in ours for m in getattr(r, "methods", ()) or ())]
-    app.include_router(router, prefix=prefix)
+    """Put our routes in front of MONAI Label's: Starlette serves the first route that matches, so
+    ours shadow the stock ones with the same path and method (whether FastAPI keeps included
+    routers flat or nested)."""
+    routes = app.router.routes
+    n_before = len(routes)
+    app.include_router(router, prefix=settings.MONAI_LABEL_API_STR)
+    added = routes[n_before:]
+    del routes[n_before:]
+    routes[0:0] = added
 
 
 _install(router)
