@@ -117,28 +117,31 @@ def _map_index_ref(i: torch.Tensor, n: int, padding: str) -> tuple[torch.Tensor,
 
 def gather_reference(image: torch.Tensor, starts: torch.Tensor, patch_size: Sequence[int], padding: str = "zero",
                      coords: str | None = None) -> torch.Tensor:
-    """Vectorised torch reference of the corner-indexed gather (same arguments as the kernel)."""
+    """Vectorised torch reference of the corner-indexed gather (same arguments as the kernel):
+    one flat int64 index per patch voxel, one index_select over all channels."""
     d = image.ndim - 1
+    C = image.shape[0]
     spatial = image.shape[1:]
     n = starts.shape[0]
     starts = starts.to(torch.int64)
-    views, valid, raw = [], None, []
+    lin = torch.zeros((), dtype=torch.int64, device=image.device)
+    valid, raw = None, []
     for a in range(d):
         idx = starts[:, a, None] + torch.arange(patch_size[a], device=image.device)  # (N, p_a)
         shape = [n] + [1] * d
         shape[1 + a] = patch_size[a]
         src, ok = _map_index_ref(idx, spatial[a], padding)
-        views.append(src.view(shape))
+        lin = lin * spatial[a] + src.view(shape)
         raw.append(idx.view(shape))
         ok = ok.view(shape)
         valid = ok if valid is None else valid & ok
-    vals = image[(slice(None), *views)]  # (C, N, *patch)
+    full = (n, *patch_size)
+    vals = image.reshape(C, -1).index_select(1, lin.expand(full).reshape(-1)).view(C, *full)
     if padding == "zero":
         vals = torch.where(valid.unsqueeze(0), vals, torch.zeros((), dtype=vals.dtype, device=vals.device))
-    out = vals.movedim(0, 1)
+    out = vals.transpose(0, 1)
     if coords is not None:
         chans = []
-        full = (n, *patch_size)
         for a in range(d):
             u = raw[a].to(torch.float32) / float(max(spatial[a] - 1, 1))
             if coords == "symmetric":

@@ -83,7 +83,8 @@ if has_triton():
         tl.atomic_add(scnt_ptr + zz, cnt, mask=zz < Zn)
         if HIST:
             inr = valid & (e >= hlo) & (e <= hhi)
-            bi = tl.minimum(((e - hlo) * hscale).to(tl.int32), nbins - 1)
+            span = tl.where(hhi > hlo, hhi - hlo, 1.0)
+            bi = tl.minimum(((e - hlo) / span * nbins).to(tl.int32), nbins - 1)  # torch.histc rule
             bi = tl.where(inr, bi, nbins)  # out of brain / range / bounds -> spare bin, dropped below
             h = tl.histogram(tl.reshape(bi, [BA * BZ * BB]), NBP)
             hb = tl.arange(0, NBP)
@@ -143,16 +144,16 @@ def _triton_error_map(image, recon, mode, brain_mask, mean, std, eps, clamp, dim
 
 
 # ----------------------------------------------------------------------------- torch reference
-def _hist_ref(values: torch.Tensor, valid: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
-    """Histogram with the kernel's binning rule: bin = min(int((v - lo) * (bins / (hi - lo))), bins - 1)
-    for lo <= v <= hi (values outside are dropped, the last bin includes hi)."""
+def _hist_ref(values: torch.Tensor, valid: torch.Tensor | None, bins: int, lo: float, hi: float) -> torch.Tensor:
+    """Histogram with torch.histc's rule, which the kernel follows: bin = int((v - lo) / (hi - lo) * bins)
+    for lo <= v <= hi (values outside are dropped, the last bin includes hi). ``valid`` None = all."""
     v = values.to(torch.float32)
-    scale = torch.tensor(bins / (hi - lo) if hi > lo else 0.0, dtype=torch.float32)
-    lo_t = torch.tensor(lo, dtype=torch.float32)
-    inr = valid & (v >= lo_t) & (v <= torch.tensor(hi, dtype=torch.float32))
-    bi = ((v - lo_t) * scale).to(torch.int32).clamp_max(bins - 1)
-    bi = torch.where(inr, bi, torch.full_like(bi, bins)).to(torch.int64)
-    return torch.bincount(bi.reshape(-1), minlength=bins + 1)[:bins]
+    v = v.reshape(-1) if valid is None else v[valid]
+    if hi <= lo:
+        out = torch.zeros(bins, dtype=torch.int64, device=v.device)
+        out[0] = int((v == lo).sum())
+        return out
+    return torch.histc(v, bins, lo, hi).to(torch.int64)
 
 
 def error_map_reference(image, recon, mode="abs", brain_mask=None, mean=None, std=None, eps=1e-6,
@@ -176,11 +177,13 @@ def error_map_reference(image, recon, mode="abs", brain_mask=None, mean=None, st
     if brain_mask is not None:
         valid = (brain_mask != 0).expand(e.shape)
         e = torch.where(valid, e, torch.zeros((), device=e.device))
+        other = tuple(i for i in range(e.ndim) if i != dim)
+        scnt = valid.to(torch.float32).sum(other) if other else valid.to(torch.float32)
     else:
-        valid = torch.ones(e.shape, dtype=torch.bool, device=e.device)
+        valid = None
+        scnt = torch.full((e.shape[dim],), float(e.numel() // max(e.shape[dim], 1)), device=e.device)
     other = tuple(i for i in range(e.ndim) if i != dim)
     ssum = e.sum(other) if other else e.clone()
-    scnt = valid.to(torch.float32).sum(other) if other else valid.to(torch.float32)
     hist = _hist_ref(e, valid, bins, *hrange) if hrange is not None else None
     return e.to(image.dtype), ssum, scnt, hist
 
@@ -243,12 +246,10 @@ def error_map(image: torch.Tensor, recon: torch.Tensor, *, mode: str = "abs", br
         out, ssum, scnt, hist = error_map_reference(image, recon, mode, brain_mask, mean, std, eps, clamp, dim, bins,
                                                     hrange)
     if hrange is None:  # range from the data: bin the stored map (same rule) in a second pass
-        valid = (brain_mask != 0).expand(out.shape) if brain_mask is not None else torch.ones_like(out, dtype=torch.bool)
+        valid = (brain_mask != 0).expand(out.shape) if brain_mask is not None else None
         vals = out.to(torch.float32)
-        if bool(valid.any()):
-            lo, hi = float(vals[valid].min()), float(vals[valid].max())
-        else:
-            lo, hi = 0.0, 0.0
+        sel = vals[valid] if valid is not None else vals
+        lo, hi = (float(sel.min()), float(sel.max())) if sel.numel() else (0.0, 0.0)
         hrange = (lo, hi)
         hist = _hist_ref(vals, valid, bins, lo, hi)
     scores = torch.where(scnt > 0, ssum / scnt.clamp_min(1.0), torch.zeros_like(ssum))
