@@ -70,10 +70,18 @@ def _remove(path: str) -> None:
 
 
 def _check_upload(path: str, what: str) -> None:
+    import SimpleITK as sitk
+
     try:
         image = load_image(path)
-    except Exception as exc:  # any reader failure is the client's file, not the server
-        raise RequestError(415, f"{what}: could not read the uploaded file as a medical image ({exc})") from None
+    except Exception as exc:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(path)
+        try:
+            reader.ReadImageInformation()
+        except Exception:  # not an image format at all: unsupported media
+            raise RequestError(415, f"{what}: could not read the uploaded file as a medical image ({exc})") from None
+        raise RequestError(422, f"{what}: {exc}") from None  # an image, but not one we can use (2D, ...)
     if image.GetDimension() != 3:
         raise RequestError(422, f"{what}: expected a 3D volume, received a {image.GetDimension()}D image")
 
