@@ -19,6 +19,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -304,6 +305,7 @@ def run(device: str = "cpu", quick: bool = False, out: str | Path | None = None)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA GPU")
     torch.set_grad_enabled(False)
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence")  # raised inside MONAI's inferer
     kernel_ok = dev.type == "cuda" and has_triton()
     copy_bytes = (256 if quick else 2048) * 2 ** 20 if dev.type == "cuda" else (64 if quick else 256) * 2 ** 20
     copy_gbps = copy_bandwidth(dev, copy_bytes)

@@ -1,0 +1,50 @@
+"""`uad bench SUITE`: run a benchmark suite, print a table and write DIR/bench.json.
+
+Suites are registered in SUITES (name -> (one-line help, runner)); a runner takes
+(device, quick, out) and returns the result dict. The kernel suite lives in the kernel package
+(uad_kernels.bench) so it also runs without the CLI: `python -m uad_kernels.bench`.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+HELP = "Run benchmarks: print a table and write bench.json (and results.md) to --out."
+EPILOG = """examples:
+  uad bench kernels --quick --device cpu --out benchmarks/kernels/cpu
+  uad bench kernels --device cuda --out benchmarks/kernels/h200
+"""
+
+
+def _kernels(device: str, quick: bool, out: Path | None) -> dict:
+    from uad_kernels.bench import run
+
+    return run(device=device, quick=quick, out=out)
+
+
+# suite name -> (help, runner(device, quick, out) -> result dict); add preprocessing/evaluation suites here
+SUITES: dict[str, tuple[str, Callable[[str, bool, Path | None], dict]]] = {
+    "kernels": ("GPU kernel library (gather, inpainting, error map, stitching) vs references and baselines", _kernels),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", choices=sorted(SUITES),
+                        help="benchmark suite: " + "; ".join(f"{k}: {v[0]}" for k, v in SUITES.items()))
+    parser.add_argument("--quick", action="store_true", help="small sizes: seconds instead of minutes")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                        help="device to benchmark (default: cuda when torch sees a GPU, else cpu)")
+    parser.add_argument("--out", type=Path, default=None, help="directory for bench.json and results.md")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = args.device
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.suite not in SUITES:
+        raise ValueError(f"suite must be one of {sorted(SUITES)}, got {args.suite!r}")
+    SUITES[args.suite][1](device, args.quick, args.out)
+    return 0
