@@ -70,12 +70,15 @@ class PreprocessOptions:
         brain_mask: user brain mask (image or path) on the reference modality's native grid;
             replaces the template / non-zero mask.
         spacing: work-grid voxel size in mm (raw input; template-space input is not resampled).
-        n4_shrink, n4_iterations, n4_convergence: N4 fit on the image shrunk by ``n4_shrink``.
+        n4_voxel_mm, n4_iterations, n4_convergence: N4 fitted on the image shrunk to about
+            ``n4_voxel_mm`` voxels (6 mm: e.g. 0.7 mm in-plane shrunk 8x), applied at full resolution.
+        registration_spacing_mm: the template (and the scan, block-averaged) are registered at
+            this resolution (2 mm); the shrink factors apply on top of it.
         registration_shrink, registration_sigmas_mm (rigid levels), affine_shrink,
         affine_sigmas_mm (affine levels), rigid_iterations, affine_iterations, min_step_mm,
         sampling_percentage, histogram_bins, affine, seed: multi-resolution registration
             (Mattes MI, random sampling inside the dilated template brain mask; shrink factors
-            are relative to the work grid, smoothing sigmas in mm).
+            are relative to the registration grid, smoothing sigmas in mm).
         multimodal_registration: rigidly register the other modalities to the reference (else
             they are only resampled, assuming one scanner space).
         min_mutual_information: quality check, the final Mattes MI must be <= -this (Mattes MI is
@@ -95,12 +98,13 @@ class PreprocessOptions:
     register: bool = True
     brain_mask: sitk.Image | str | os.PathLike | None = None
     spacing: float = 1.0
-    n4_shrink: int = 4
-    n4_iterations: tuple = (50, 50, 50)
+    n4_voxel_mm: float = 6.0
+    n4_iterations: tuple = (20, 20, 20)
     n4_convergence: float = 1e-3
-    registration_shrink: tuple = (8, 4, 2)
+    registration_spacing_mm: float = 2.0
+    registration_shrink: tuple = (4, 2, 1)
     registration_sigmas_mm: tuple = (4.0, 2.0, 1.0)
-    affine_shrink: tuple = (4, 2)
+    affine_shrink: tuple = (2, 1)
     affine_sigmas_mm: tuple = (2.0, 1.0)
     min_step_mm: float = 0.01
     rigid_iterations: int = 100
@@ -377,7 +381,7 @@ def _resampled(imgs, ref_name, user_mask, opts, timings) -> PreprocessedCase:
     corrected = {}
     t0 = time.perf_counter()
     for k, im in imgs.items():
-        corrected[k] = (n4_bias_correct(im, shrink=opts.n4_shrink, iterations=opts.n4_iterations,
+        corrected[k] = (n4_bias_correct(im, voxel_mm=opts.n4_voxel_mm, iterations=opts.n4_iterations,
                                         convergence=opts.n4_convergence)[0]
                         if opts.bias_correction else sitk.Cast(im, sitk.sitkFloat32))
     timings["n4"] = time.perf_counter() - t0

@@ -12,13 +12,14 @@ the scan covers. A failed check raises :class:`~uad_label.preprocess.pipeline.Re
 """
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 
 import numpy as np
 import SimpleITK as sitk
 
-from uad_label.preprocess.bias import head_mask, n4_bias_correct
+from uad_label.preprocess.bias import head_mask, n4_bias_correct, shrink_factors
 from uad_label.preprocess.geometry import image_to_xyz, ras_affine
 from uad_label.preprocess.pipeline import (
     _INTERP,
@@ -81,28 +82,46 @@ def _method(opts: PreprocessOptions, fixed_mask: sitk.Image | None, shrink, sigm
     return reg
 
 
-def register_to_template(moving: sitk.Image, fixed: sitk.Image, fixed_mask: sitk.Image,
-                         opts: PreprocessOptions, moving_head: sitk.Image | None = None
-                         ) -> tuple[sitk.AffineTransform, dict]:
+@functools.lru_cache(maxsize=4)
+def _registration_template(spacing_mm: float, threshold: float):
+    """Template T1, metric mask (brain dilated 6 mm) and initialisation mask (brain dilated
+    12 mm, roughly the head) on a ``spacing_mm`` grid (block averages of the 1 mm template)."""
+    from uad_label.template import load_template_brain_mask, load_template_t1
+
+    t1 = load_template_t1()
+    f = [max(1, int(round(spacing_mm / s))) for s in t1.GetSpacing()]
+    fixed = sitk.Cast(sitk.BinShrink(t1, f), sitk.sitkFloat32)
+    brain = sitk.BinShrink(sitk.Cast(load_template_brain_mask(threshold), sitk.sitkFloat32), f) >= 0.5
+    brain = sitk.Cast(brain, sitk.sitkUInt8)
+    sp = min(fixed.GetSpacing())
+    metric_mask = sitk.BinaryDilate(brain, [max(1, int(round(6.0 / sp)))] * 3)
+    init_mask = sitk.BinaryDilate(brain, [max(1, int(round(12.0 / sp)))] * 3)
+    return fixed, metric_mask, sitk.Cast(init_mask, sitk.sitkFloat32)
+
+
+def register_to_template(moving: sitk.Image, opts: PreprocessOptions,
+                         moving_head: sitk.Image | None = None) -> tuple[sitk.AffineTransform, dict]:
     """Rigid then affine registration of ``moving`` (a raw scan, skull included) to the template.
 
-    Returns the AffineTransform mapping template (fixed) physical points to ``moving`` physical
-    points (ITK convention: it resamples ``moving`` onto the template grid), and a dict of
-    per-stage metric values, iterations and times.
+    The template is used at ``opts.registration_spacing_mm`` (2 mm) and the scan is block-averaged
+    to about that spacing first; shrink factors apply on top. Returns the AffineTransform mapping
+    template (fixed) physical points to ``moving`` physical points (ITK convention: it resamples
+    ``moving`` onto the template grid), and a dict of per-stage metric values, iterations, times.
     """
     info: dict = {}
+    fix, metric_mask, init_mask = _registration_template(float(opts.registration_spacing_mm),
+                                                         float(opts.template_mask_threshold))
+    factors = shrink_factors(moving.GetSpacing(), opts.registration_spacing_mm)
+    mov = sitk.BinShrink(sitk.Cast(moving, sitk.sitkFloat32), factors)
     if moving_head is None:
-        moving_head = head_mask(moving)
-    mov = intensity_for_registration(moving, moving_head)
-    fix = sitk.Cast(fixed, sitk.sitkFloat32)
-    radius = max(1, int(round(6.0 / min(fixed_mask.GetSpacing()))))
-    metric_mask = sitk.BinaryDilate(sitk.Cast(fixed_mask > 0, sitk.sitkUInt8), [radius] * 3)
+        moving_head = head_mask(mov)
+    moving_head = _onto_grid(moving_head, mov, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)
+    mov = intensity_for_registration(mov, moving_head)
 
     t0 = time.perf_counter()
-    # centre of mass of the template brain (dilated: roughly the head) <-> scan head mask
+    # centre of mass of the dilated template brain (roughly the head) <-> the scan's head mask
     init = sitk.CenteredTransformInitializer(
-        sitk.Cast(sitk.BinaryDilate(sitk.Cast(fixed_mask > 0, sitk.sitkUInt8), [radius * 2] * 3), sitk.sitkFloat32),
-        sitk.Cast(moving_head, sitk.sitkFloat32), sitk.Euler3DTransform(),
+        init_mask, sitk.Cast(moving_head, sitk.sitkFloat32), sitk.Euler3DTransform(),
         sitk.CenteredTransformInitializerFilter.MOMENTS)
     rigid = sitk.Euler3DTransform(init)
     info["init_translation"] = list(rigid.GetTranslation())
@@ -132,13 +151,13 @@ def register_to_template(moving: sitk.Image, fixed: sitk.Image, fixed_mask: sitk
         m = np.array(aff.GetMatrix()).reshape(3, 3)
         sv = np.linalg.svd(m, compute_uv=False)
         info["affine_scales"] = sv.tolist()
-        if sv.min() < 0.7 or sv.max() > 1.4 or np.linalg.det(m) <= 0:
+        if sv.min() < 0.67 or sv.max() > 1.5 or np.linalg.det(m) <= 0:
             warnings.warn(f"affine registration gave implausible scales {sv}; keeping the rigid result")
             info["affine_rejected"] = True
         else:
             final = flatten_affine(aff)
-    # full-resolution metric with the final transform (deterministic sampling seed)
-    ev = _method(opts, metric_mask, [opts.affine_shrink[-1]], [0.0], 1)
+    # metric with the final transform on the finest registration grid, fixed sampling seed
+    ev = _method(opts, metric_mask, [1], [0.0], 1)
     ev.SetInitialTransform(final)
     info["mutual_information"] = float(ev.MetricEvaluate(fix, mov))
     return final, info
@@ -154,16 +173,18 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, opts: PreprocessOption
 
     t0 = time.perf_counter()
     if fixed_mask is None:
-        fixed_mask = head_mask(fixed)
+        fixed_mask = head_mask(sitk.BinShrink(fixed, shrink_factors(fixed.GetSpacing(), spacing_mm)))
     grid = isotropic_ras_grid(fixed, spacing_mm)
     fix = intensity_for_registration(_onto_grid(fixed, grid), _onto_grid(
         fixed_mask, grid, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8))
     fmask = _onto_grid(fixed_mask, grid, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)
-    mov = intensity_for_registration(moving, head_mask(moving))
+    mov = sitk.BinShrink(sitk.Cast(moving, sitk.sitkFloat32),
+                         shrink_factors(moving.GetSpacing(), spacing_mm))
+    mov = intensity_for_registration(mov, head_mask(mov))
     tr = sitk.Euler3DTransform()
     center = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in fixed.GetSize()])
     tr.SetCenter(center)
-    reg = _method(opts, fmask, (2, 1), (2.0, 0.0), opts.rigid_iterations, learning_rate=1.0)
+    reg = _method(opts, fmask, (2, 1), (2.0, 1.0), opts.rigid_iterations, learning_rate=1.0)
     reg.SetMetricSamplingPercentage(min(1.0, 4 * float(opts.sampling_percentage)), int(opts.seed))
     reg.SetInitialTransform(tr, inPlace=True)
     reg.Execute(fix, mov)
@@ -221,14 +242,16 @@ def registered_pipeline(imgs: dict, ref_name: str, user_mask, opts: PreprocessOp
     t0 = time.perf_counter()
     template = load_template_t1()
     tmask = load_template_brain_mask(opts.template_mask_threshold)
+    _registration_template(float(opts.registration_spacing_mm), float(opts.template_mask_threshold))
     timings["template"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    heads = {k: head_mask(im) for k, im in imgs.items()}
+    heads = {k: head_mask(sitk.BinShrink(im, shrink_factors(im.GetSpacing(), opts.registration_spacing_mm)))
+             for k, im in imgs.items()}
     corrected = {}
     for k, im in imgs.items():
         if opts.bias_correction:
-            corrected[k] = n4_bias_correct(im, mask=None, shrink=opts.n4_shrink,
+            corrected[k] = n4_bias_correct(im, mask=None, voxel_mm=opts.n4_voxel_mm,
                                            iterations=opts.n4_iterations,
                                            convergence=opts.n4_convergence)[0]
         else:
@@ -236,8 +259,7 @@ def registered_pipeline(imgs: dict, ref_name: str, user_mask, opts: PreprocessOp
     timings["n4"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    to_ref, info = register_to_template(corrected[ref_name], template, tmask, opts,
-                                        moving_head=heads[ref_name])
+    to_ref, info = register_to_template(corrected[ref_name], opts, moving_head=heads[ref_name])
     timings["register"] = time.perf_counter() - t0
     transforms = {ref_name: to_ref}
     rigid_info = {}
