@@ -124,6 +124,14 @@ def gather_reference(image: torch.Tensor, starts: torch.Tensor, patch_size: Sequ
     spatial = image.shape[1:]
     n = starts.shape[0]
     starts = starts.to(torch.int64)
+    hi = torch.tensor([s - p for s, p in zip(spatial, patch_size)], device=starts.device)
+    if coords is None and n and bool(((starts >= 0) & (starts <= hi)).all()):
+        # every patch inside the image (sliding windows): index the window axes of an unfold view,
+        # which copies whole rows instead of one indexed voxel at a time (about 3x faster on CPU)
+        v = image
+        for a in range(d):
+            v = v.unfold(1 + a, patch_size[a], 1)
+        return v[(slice(None), *starts.unbind(1))].transpose(0, 1).contiguous()
     lin = torch.zeros((), dtype=torch.int64, device=image.device)
     valid, raw = None, []
     for a in range(d):

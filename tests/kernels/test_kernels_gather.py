@@ -129,3 +129,15 @@ def test_gather_64bit_offsets_cuda():
     assert torch.equal(out[-1], gather_patches(image, centers[-1:], 32, backend="reference")[0])
     del out
     torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("shape,patch", [((3, 37, 41, 29), (5, 6, 7)), ((2, 13, 9), (13, 1))])
+def test_reference_inside_image_fast_path_matches_oracle(shape, patch):
+    """All patches inside the image take the unfold path of the reference."""
+    torch.manual_seed(5)
+    image = torch.randn(shape)
+    g = torch.Generator().manual_seed(6)
+    centers = torch.stack([torch.randint(p // 2, s - (p - p // 2) + 1, (7,), generator=g)
+                           for s, p in zip(shape[1:], patch)], 1)
+    got = gather_patches(image, centers, patch, backend="reference")
+    torch.testing.assert_close(got, oracle(image, centers, patch, "zero", None), rtol=0, atol=0)
