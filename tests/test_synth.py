@@ -180,9 +180,45 @@ def test_real_mask_pasting():
     g = xyz_from_sitk(s.lesion_mask) > 0
     wm = (s.tissues["WM"] > 0.8) & ~g
     assert np.median(img[g]) > np.median(img[wm])
-    # written through write_sample_data with the folder option
     n = make_subject(4, mask_path, "native", downsample=DS)
     assert arr(n.lesion_mask).sum() > 0 and same_grid(n.images["FLAIR"], n.lesion_mask)
+
+
+@pytest.mark.skipif(not MASKS_DIR.is_dir(), reason=f"real lesion masks not available at {MASKS_DIR}")
+def test_real_masks_folder_option(tmp_path):
+    names = sorted(p.name for p in MASKS_DIR.glob("*.nii.gz"))[:2]
+    man = write_sample_data(tmp_path / "bench", n_healthy=1, n_lesion=2, lesion_masks_dir=MASKS_DIR,
+                            geometry="template", downsample=DS, progress=False)
+    sources = [c["lesion_source"] for c in man["cases"]]
+    assert sources == [names[0], "none", names[1]]
+    assert all(c["n_lesions"] > 0 for c in man["cases"] if not c["healthy"])
+    assert man["lesion_masks_dir"] == str(MASKS_DIR.resolve())
+
+
+def test_interrupted_run_never_looks_complete(tmp_path, monkeypatch):
+    import uad_label.synth.datastore as ds
+
+    out = tmp_path / "ds"
+    write_sample_data(out, n_healthy=1, n_lesion=1, downsample=DS, progress=False)
+    real = ds.make_subject
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ds, "make_subject", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        write_sample_data(out, n_healthy=1, n_lesion=1, seed=9, downsample=DS, progress=False)
+    assert not (out / MARKER).exists()            # an interrupted rewrite is not complete
+    for p in out.rglob("*.nii.gz"):               # every file under a final name is whole
+        if ".tmp" not in p.parts:
+            sitk.ReadImage(str(p))
+    monkeypatch.setattr(ds, "make_subject", real)
+    write_sample_data(out, n_healthy=1, n_lesion=1, seed=9, downsample=DS, progress=False)
+    assert (out / MARKER).is_file() and not (out / ".tmp").exists()
 
 
 def _write_dicom_series(img: sitk.Image, folder: Path, description: str) -> None:

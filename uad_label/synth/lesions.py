@@ -121,6 +121,16 @@ def synthetic_lesions(rng: np.random.Generator, assets: TemplateAssets, n_lesion
     # white matter only: fade out where the white-matter probability drops
     wm_gate = np.clip((wm - 0.25) / 0.35, 0, 1)
     occ *= wm_gate
+    # the gate can cut specks off a lesion: drop ground-truth components under ~20 mm^3
+    nz = np.argwhere(occ > 0)
+    if nz.size:
+        box = tuple(slice(l, h + 1) for l, h in zip(nz.min(0), nz.max(0)))
+        sub = occ[box]
+        lab, n = ndimage.label(sub >= 0.5, structure=np.ones((3, 3, 3)))
+        small = np.bincount(lab.ravel(), minlength=n + 1) * sp ** 3 < 20.0
+        small[0] = False
+        cut = small[lab]
+        sub[cut] = np.minimum(sub[cut], 0.45)
     strength[occ <= 0] = 0
     return LesionLayer(occ, occ, strength, info, "synthetic")
 

@@ -141,31 +141,35 @@ def _mapping(rng_geo, rng_def, assets: TemplateAssets, grid: sitk.Image, geometr
     return coords, meta
 
 
-def _warp(layers: list[np.ndarray], coords, out_shape, bbox: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
-    """Trilinear resampling (zero outside) of template-grid arrays at the continuous template
-    indices `coords`; only output points falling in `bbox` (the template index range where the
-    layers are non-zero) are computed, the rest is zero."""
-    if coords is None:
-        return [np.array(a, dtype=np.float32) for a in layers]
-    shape_t = np.array(layers[0].shape)
-    lo = np.maximum(np.asarray(bbox[0]) - 1, 0)
-    hi = np.minimum(np.asarray(bbox[1]) + 1, shape_t - 1)
+def _warp(stacked: np.ndarray, offset, coords, out_shape, support: np.ndarray) -> list[np.ndarray]:
+    """Trilinear resampling (zero outside) of template-grid layers at the continuous template
+    indices `coords`. `stacked` is (X, Y, Z, C): the C layers on the template grid, or on a box of
+    it starting at voxel `offset`. Only output points whose nearest template voxel is in `support`
+    (a full-grid mask covering, with a margin, everywhere the layers are non-zero) are computed."""
+    n_ch = stacked.shape[-1]
+    shape_b = np.array(stacked.shape[:3])
     inside = np.ones(out_shape, bool)
+    pts_all = [coords[k] - np.float32(offset[k]) for k in range(3)]
     for k in range(3):
-        inside &= (coords[k] >= lo[k]) & (coords[k] < hi[k])
+        inside &= (pts_all[k] >= 0) & (pts_all[k] < shape_b[k] - 1)
     sel = np.flatnonzero(inside)
-    # the box keeps one voxel of margin inside the grid, so floor and floor + 1 are valid indices
+    pts = [pts_all[k].ravel()[sel] for k in range(3)]
+    del pts_all
+    s_full = [int(np.prod(support.shape[k + 1:])) for k in range(3)]
+    near = sum((np.rint(pts[k]).astype(np.int64) + int(offset[k])) * s_full[k] for k in range(3))
+    keep = support.ravel()[near]
+    sel = sel[keep]
+    pts = [p[keep] for p in pts]
+    # floor and floor + 1 are valid indices: points lie in [0, n - 1) along every axis
+    strides = [int(np.prod(shape_b[k + 1:])) for k in range(3)]
     base = np.zeros(sel.size, np.int64)
     frac = []
     for k in range(3):
-        c = coords[k].ravel()[sel]
-        f = np.floor(c)
-        frac.append((c - f).astype(np.float32))
-        stride = int(np.prod(shape_t[k + 1:]))
-        base += f.astype(np.int64) * stride
-    stacked = np.stack([np.asarray(a, np.float32).ravel() for a in layers], axis=1)  # (N, C)
-    acc = np.zeros((sel.size, len(layers)), np.float32)
-    strides = [int(np.prod(shape_t[k + 1:])) for k in range(3)]
+        f = np.floor(pts[k])
+        frac.append((pts[k] - f).astype(np.float32))
+        base += f.astype(np.int64) * strides[k]
+    flat = stacked.reshape(-1, n_ch)
+    acc = np.zeros((sel.size, n_ch), np.float32)
     for dx in (0, 1):
         wx = frac[0] if dx else 1 - frac[0]
         for dy in (0, 1):
@@ -173,13 +177,29 @@ def _warp(layers: list[np.ndarray], coords, out_shape, bbox: tuple[np.ndarray, n
             for dz in (0, 1):
                 wxyz = wxy * (frac[2] if dz else 1 - frac[2])
                 off = dx * strides[0] + dy * strides[1] + dz * strides[2]
-                acc += stacked[base + off] * wxyz[:, None]
+                acc += flat[base + off] * wxyz[:, None]
     out = []
-    for c in range(len(layers)):
+    for c in range(n_ch):
         o = np.zeros(int(np.prod(out_shape)), np.float32)
         o[sel] = acc[:, c]
         out.append(o.reshape(out_shape))
     return out
+
+
+def _warp_layers(layers: list[np.ndarray], coords, out_shape, support, stacked=None) -> list[np.ndarray]:
+    """_warp of full-grid layers, cropped to where they are non-zero (or pre-stacked)."""
+    if coords is None:
+        return [np.array(a, dtype=np.float32) for a in layers]
+    if stacked is not None:
+        return _warp(stacked, (0, 0, 0), coords, out_shape, support)
+    nz = np.argwhere(np.any([a != 0 for a in layers], axis=0))
+    if nz.size == 0:
+        return [np.zeros(out_shape, np.float32) for _ in layers]
+    lo = np.maximum(nz.min(0) - 1, 0)
+    hi = np.minimum(nz.max(0) + 2, np.array(layers[0].shape))
+    box = tuple(slice(l, h) for l, h in zip(lo, hi))
+    st = np.stack([np.asarray(a[box], np.float32) for a in layers], axis=-1)
+    return _warp(st, lo, coords, out_shape, support)
 
 
 def draw_contrast(rng: np.random.Generator) -> dict[str, dict[str, float]]:
@@ -227,11 +247,11 @@ def make_subject(seed: int, lesions: bool | np.ndarray | str | sitk.Image | None
     coords, tr_meta = _mapping(rng_geo, rng_def, assets, grid, geometry, float(deform_mm))
     out_shape = tuple(grid.GetSize())
     w = dict(zip(["brain", "gm", "wm", "texture"],
-                 _warp([assets.brain, assets.gm, assets.wm, assets.texture], coords, out_shape, assets.brain_bbox)))
+                 _warp_layers([], coords, out_shape, assets.support, assets.stacked) if coords is not None
+                 else _warp_layers([assets.brain, assets.gm, assets.wm, assets.texture], None, out_shape, None)))
     if has_lesions:
-        nz = np.argwhere(layer.soft > 0)
-        w.update(zip(["occ", "lesion_w"], _warp([layer.occupancy, layer.soft * layer.strength], coords, out_shape,
-                                                (nz.min(0), nz.max(0)))))
+        w.update(zip(["occ", "lesion_w"], _warp_layers([layer.occupancy, layer.soft * layer.strength], coords,
+                                                       out_shape, assets.support)))
     brain = np.clip(w["brain"], 0, 1)
     gm = np.clip(w["gm"], 0, 1)
     wm = np.clip(w["wm"], 0, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -60,20 +61,44 @@ class TemplateAssets:
     depth: np.ndarray          # distance to the brain border in mm
     brain_center: np.ndarray   # LPS physical centre of the brain bounding box
     brain_bbox: tuple          # (lo, hi) voxel index bounds of the brain (inclusive)
+    support: np.ndarray        # bool, brain > 0 dilated by 2 voxels: where anything is non-zero
+    stacked: np.ndarray        # (X, Y, Z, 4) brain, gm, wm, texture interleaved (fast resampling)
 
     @property
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.brain.shape)
 
 
-def _load_nilearn() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from nilearn import datasets
+_NILEARN_FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+                  "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+                  "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
 
+
+def _load_nilearn() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The 1 mm template, GM and WM maps (each scaled to max 1) and the brain mask (template >
+    0.2), exactly as nilearn.datasets.load_mni152_* (resolution=1) return them. The files are read
+    straight from nilearn's package data: importing nilearn.datasets costs seconds (scikit-learn,
+    pandas); the nilearn functions are the fallback if the files move."""
+    import importlib.util
+
+    import nibabel as nib
+
+    spec = importlib.util.find_spec("nilearn")
+    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" if spec else None
     out = {}
-    for name, fn in (("t1", datasets.load_mni152_template), ("brain", datasets.load_mni152_brain_mask),
-                     ("gm", datasets.load_mni152_gm_template), ("wm", datasets.load_mni152_wm_template)):
-        img = fn(resolution=1)
-        out[name] = (np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32), np.asarray(img.affine))
+    if data is not None and all((data / f).is_file() for f in _NILEARN_FILES.values()):
+        for name, fname in _NILEARN_FILES.items():
+            img = nib.load(str(data / fname))
+            arr = np.asarray(img.dataobj, dtype=np.float32)
+            out[name] = (arr / arr.max(), np.asarray(img.affine))
+    else:  # pragma: no cover - depends on the nilearn version
+        from nilearn import datasets
+
+        for name, fn in (("t1", datasets.load_mni152_template), ("gm", datasets.load_mni152_gm_template),
+                         ("wm", datasets.load_mni152_wm_template)):
+            img = fn(resolution=1)
+            out[name] = (np.asarray(img.get_fdata(dtype=np.float32), dtype=np.float32), np.asarray(img.affine))
+    out["brain"] = ((out["t1"][0] > 0.2).astype(np.float32), out["t1"][1])
     return out
 
 
@@ -151,9 +176,14 @@ def load_template(downsample: int = 1) -> TemplateAssets:
     brain_bbox = (idx.min(0), idx.max(0))
     brain_center = np.asarray(ref.TransformContinuousIndexToPhysicalPoint(centre_idx.tolist()))
 
+    support = ndimage.binary_dilation(brain > 0, iterations=2)
+    support.setflags(write=False)
+    stacked = np.stack([brain, gm, wm, texture], axis=-1).astype(np.float32)
+    stacked.setflags(write=False)
     arrays = dict(brain=brain, gm=gm, wm=wm, csf=csf, texture=texture, vent_dist=vent_dist, depth=depth)
     for v in arrays.values():
         v.setflags(write=False)
     vent.setflags(write=False)
-    return TemplateAssets(reference=ref, spacing=vox, ventricles=vent, brain_center=brain_center, brain_bbox=brain_bbox,
+    return TemplateAssets(reference=ref, spacing=vox, ventricles=vent, brain_center=brain_center, brain_bbox=brain_bbox, support=support,
+                          stacked=stacked,
                           **{k: v.astype(np.float32, copy=False) for k, v in arrays.items()})
