@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("uad_label.cli.cmd_serve", "start the MONAI Label server on a studies folder"),
     "detect": ("uad_label.cli.cmd_detect", "run a detector on one case locally, without a server"),
     "evaluate": ("uad_label.cli.cmd_evaluate", "evaluate a detector on a folder of cases with ground truth (Meissen et al. protocol)"),
+    "batch": ("uad_label.cli.cmd_batch", "run a detector over every case of a folder: maps, masks, reports, summary CSV, overview"),
     "bench": ("uad_label.cli.cmd_bench", "run benchmarks (kernels, preprocessing, evaluation)"),
 }
 

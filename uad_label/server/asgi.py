@@ -184,4 +184,199 @@ def _install(router: APIRouter) -> None:
     routes[0:0] = added
 
 
+# --- uploads, ids and labels (issue 9) -------------------------------------------------------------
+MAX_UPLOAD_BYTES = int(float(os.environ.get("UAD_MAX_UPLOAD_MB", "1024")) * (1 << 20))
+_ID_FORBIDDEN = ("/", "\\", "\x00", "..")
+
+
+def check_id(value: str, what: str) -> str:
+    """Image ids, label tags and upload names must stay inside the studies folder: no separators,
+    no '..', no leading dot; anything else is refused with 400."""
+    if not value or any(f in value for f in _ID_FORBIDDEN) or value.startswith(".") or len(value) > 255 \
+            or os.path.isabs(value):
+        raise RequestError(400, f"{what}: refused {value!r} (path separators, '..' and leading dots are not allowed)")
+    return value
+
+
+def _inside(root: str, path: str) -> bool:
+    root = os.path.realpath(root)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
+
+
+class UploadLimit:
+    """ASGI middleware: bodies larger than MAX_UPLOAD_BYTES get 413 (by Content-Length up front, or
+    while a chunked body streams in)."""
+
+    def __init__(self, app, max_bytes: int | None = None):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        limit = self.max_bytes if self.max_bytes is not None else MAX_UPLOAD_BYTES
+        if scope["type"] != "http" or limit <= 0:
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await _error(413, f"upload: {int(length)} bytes is over the limit of {limit} bytes "
+                                     "(UAD_MAX_UPLOAD_MB)")(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def counting_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _error(413, f"upload: body over the limit of {limit} bytes (UAD_MAX_UPLOAD_MB)")(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _check_label(path: str, image_path: str | None) -> dict:
+    """A final label must be a 3D image with integer labels in the grid of its image."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    _check_upload(path, "label")
+    label = load_image(path)
+    arr = sitk.GetArrayViewFromImage(label)
+    if not np.isfinite(arr).all() or not np.all(np.mod(arr, 1) == 0) or arr.min() < 0:
+        raise RequestError(422, "label: expected non-negative integer labels (a mask), received non-integer values")
+    if image_path and os.path.isfile(image_path):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(image_path)
+        reader.ReadImageInformation()
+        if tuple(reader.GetSize()) != tuple(label.GetSize()):
+            raise RequestError(422, f"label: size {label.GetSize()} differs from the image's {reader.GetSize()}")
+        if not np.allclose(reader.GetSpacing(), label.GetSpacing(), rtol=1e-3, atol=1e-3) or \
+                not np.allclose(reader.GetOrigin(), label.GetOrigin(), atol=1e-2) or \
+                not np.allclose(reader.GetDirection(), label.GetDirection(), atol=1e-3):
+            raise RequestError(422, "label: geometry (spacing, origin or direction) differs from the image's")
+    return {"voxels": int((np.asarray(arr) > 0).sum())}
+
+
+@router.put("/datastore/label", summary="Save a finished label (uad-label: validated, ids checked, atomic)")
+async def save_label(
+    background_tasks: BackgroundTasks,
+    image: str,
+    params: str = Form("{}"),
+    tag: str = "final",
+    label: UploadFile = File(...),
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    check_id(image, "image")
+    tag = check_id(tag or "final", "tag")
+    instance = app_instance()
+    ds = instance.datastore()
+    image_uri = ds.get_image_uri(image)
+    if not image_uri:
+        raise RequestError(404, f"image: no image {image!r} in the datastore")
+    name = os.path.basename(label.filename or "label.nii.gz")
+    suffix = "".join(pathlib.Path(name).suffixes) or ".nii.gz"
+    if suffix.lower() not in (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha"):
+        raise RequestError(415, f"label: unsupported file type {suffix!r} (NIfTI, NRRD or MHA)")
+    try:
+        p = json.loads(params) if params else {}
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"params: invalid JSON ({exc.msg})") from None
+    if not isinstance(p, dict):
+        raise RequestError(400, "params: expected a JSON object")
+    fd, upload = tempfile.mkstemp(prefix="uad_label_", suffix=suffix)
+    background_tasks.add_task(_remove, upload)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := await label.read(1 << 20):
+            out.write(chunk)
+    local = image_uri if not str(image_uri).startswith(("http://", "https://")) else None
+    stats = await run_in_threadpool(_check_label, upload, local)
+    if user and user.username:
+        p["user"] = user.username
+    p.update(stats)
+    label_id = await run_in_threadpool(ds.save_label, image, upload, tag, p)
+    hook = instance.on_save_label
+    import inspect
+
+    if "tag" in inspect.signature(hook).parameters:  # our app's hook also takes the tag
+        res = await run_in_threadpool(hook, image, label_id, tag=tag)
+    else:
+        res = await run_in_threadpool(hook, image, label_id)
+    res = dict(res) if isinstance(res, dict) else {}
+    res.update({"image": image, "label": label_id, "tag": tag})
+    return res
+
+
+@router.put("/datastore/image", summary="Upload a new image (uad-label: ids and file names checked)")
+async def add_image(
+    background_tasks: BackgroundTasks,
+    image: str | None = None,
+    params: str = Form("{}"),
+    file: UploadFile = File(...),
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    raw_name = file.filename or "image.nii.gz"
+    if raw_name != os.path.basename(raw_name) or "\\" in raw_name:
+        raise RequestError(400, f"file: refused file name {raw_name!r} (no folders allowed)")
+    check_id(raw_name, "file name")
+    suffix = "".join(pathlib.Path(raw_name).suffixes) or ".nii.gz"
+    image_id = check_id(image if image else raw_name[: -len(suffix)] if raw_name.endswith(suffix) else raw_name, "image")
+    instance = app_instance()
+    ds = instance.datastore()
+    root = getattr(ds, "_datastore_path", None)
+    if root and not _inside(root, os.path.join(root, image_id + suffix)):
+        raise RequestError(400, f"image: refused {image_id!r} (outside the studies folder)")
+    try:
+        p = json.loads(params) if params else {}
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"params: invalid JSON ({exc.msg})") from None
+    fd, upload = tempfile.mkstemp(prefix="uad_image_", suffix=suffix)
+    background_tasks.add_task(_remove, upload)
+    with os.fdopen(fd, "wb") as out:
+        while chunk := await file.read(1 << 20):
+            out.write(chunk)
+    await run_in_threadpool(_check_upload, upload, "file")
+    if user and user.username:
+        p["user"] = user.username
+    return {"image": await run_in_threadpool(ds.add_image, image_id, upload, p)}
+
+
+@router.post("/batch/infer/{model}", summary="Run batch inference (uad-label: run_sync off the event loop)")
+async def batch_infer(
+    model: str,
+    images: str = "all",
+    params: dict | None = None,
+    run_sync: bool = False,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+):
+    from monailabel.endpoints.batch_infer import run as stock_run
+
+    instance = app_instance()
+    models = sorted(instance.info().get("models", {}))
+    if model not in models:
+        raise RequestError(404, f"model: unknown model {model!r}; available: {models}")
+    if images not in ("all", "labeled", "unlabeled"):
+        raise RequestError(422, f"images: expected all, labeled or unlabeled, received {images!r}")
+    if run_sync:
+        return await run_in_threadpool(stock_run, model, images, params, True)
+    return stock_run(model, images, params, False)
+
+
+app.add_middleware(UploadLimit)
+
+
 _install(router)
