@@ -72,7 +72,8 @@ if has_triton():
             lmask = kmask
             if PAD == 0:
                 lmask = lmask & vx & vy & vz
-            val = tl.load(img_ptr + c * sc + x * sx + y * sy + z * sz, mask=lmask, other=0.0)
+            # float32 in both branches: compiled Triton needs one type for `val` after the if
+            val = tl.load(img_ptr + c * sc + x * sx + y * sy + z * sz, mask=lmask, other=0.0).to(tl.float32)
         else:
             axis = c - C
             pos = tl.where(axis == 0, ix, tl.where(axis == 1, iy, iz))
