@@ -208,7 +208,7 @@ def import_scans(src_dir, out_dir, *, force: bool = False, progress: bool = Fals
         for mod, name, path, img in imgs:
             write_image_atomic(img, out / name)
             files[mod] = name
-            sources[mod] = str(path)
+            sources[mod] = str(Path(path).resolve())
         entry = dict(id=cid, healthy=None, files=files, sources=sources, ground_truth=None, geometry="imported",
                      spacing_mm=[round(s, 4) for s in imgs[0][3].GetSpacing()], size=list(imgs[0][3].GetSize()))
         if gt is not None:
@@ -224,7 +224,7 @@ def import_scans(src_dir, out_dir, *, force: bool = False, progress: bool = Fals
             write_image_atomic(gt_bin, out / rel)
             n, vol = lesion_stats(xyz_from_sitk(gt_bin), float(np.prod(gt_bin.GetSpacing())))
             entry.update(ground_truth=rel, healthy=(n == 0), n_lesions=n, lesion_volume_ml=round(vol, 3),
-                         ground_truth_source=str(gpath), ground_truth_resampled=resampled)
+                         ground_truth_source=str(Path(gpath).resolve()), ground_truth_resampled=resampled)
         entries.append(entry)
     manifest = dict(kind="imported", source=str(Path(src_dir).resolve()), ground_truth_dir=GT_DIR, cases=entries)
     finish_out_dir(out, manifest)

@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .template import TemplateAssets, sitk_from_xyz, xyz_from_sitk
+from .template import TemplateAssets, xyz_from_sitk
 
 
 @dataclass

@@ -4,9 +4,10 @@ Pipeline (all randomness from `seed`, split into independent streams so that the
 and without lesions gives the same anatomy, contrast and noise):
 1. template-space layers: brain, GM, WM (CSF = brain - GM - WM), the T1 template's texture and
    optionally a lesion layer (synthetic MS-like lesions or a real mask);
-2. one resampling onto the output grid through a composite transform: a smooth random B-spline
-   deformation (a few mm) and, for `geometry="native"`, a small random rigid head motion, a
-   non-RAS orientation for some subjects and anisotropic spacing (1 x 1 x 1.2 mm);
+2. one trilinear resampling onto the output grid through: a smooth random displacement field
+   (low-order cosines, largest displacement `deform_mm`) and, for `geometry="native"`, a small
+   random rigid head motion, a non-RAS voxel order for most subjects and anisotropic spacing
+   (1 x 1 x 1.2 mm);
 3. tissue-contrast synthesis per modality (partial-volume blend of per-subject tissue means in a
    realistic order), lesion contrast, texture, a smooth multiplicative bias field, slight blur and
    Rician noise; int16 like scanner output. The ground truth is the warped lesion occupancy >= 0.5.
@@ -20,7 +21,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .lesions import LesionLayer, empty_layer, lesion_stats, mask_layer, synthetic_lesions
-from .template import TemplateAssets, load_template, sitk_from_xyz, xyz_from_sitk
+from .template import TemplateAssets, load_template, sitk_from_xyz
 
 MODALITIES = ("FLAIR", "T1", "T2")
 GEOMETRIES = ("native", "template")
