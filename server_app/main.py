@@ -8,6 +8,7 @@ Active learning / scoring (see docs/label_loop.md):
   --conf active_detector flair_threshold           whose score `anomaly_score` / most_anomalous use
   --conf strategy_k 5 --conf strategy_reset 600    top-k and re-serve interval of the strategies
   --conf finetune_model NAME --conf finetune_every N   fine-tune after N new final labels
+  --conf infer_concurrency N                       inferences computed at once (default: CPU count)
   --conf auto_score true                           score on start, after next-sample, training and each
                                                    final label (incremental, in-process; default false)
 """
@@ -40,6 +41,14 @@ class UADApp(MONAILabelApp):
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="uad-label",
                          description="Unsupervised anomaly detection for brain MRI", version=uad_label.__version__,
                          labels=["anomaly"])
+        # at most `infer_concurrency` inferences compute at once (default: the CPU count); more requests
+        # wait in the queue instead of fighting over the cores, so /info stays fast under load
+        from concurrent.futures import ThreadPoolExecutor
+        import os
+
+        n = int(conf.get("infer_concurrency", 0) or 0) or (os.cpu_count() or 1)
+        if self._infers_threadpool is None:
+            self._infers_threadpool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="INFER")
         self.auto_score = _flag(conf.get("auto_score"), False)
         self.label_loop = LabelLoop(self, conf.get("finetune_model"), int(conf.get("finetune_every", 0) or 0),
                                     rescore_on_save=self.auto_score)
