@@ -121,7 +121,10 @@ def quantize(score_map: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     map and a scalar threshold in NumPy 1.x (the reference implementation's semantics)."""
     dtype = score_map.dtype if np.issubdtype(score_map.dtype, np.floating) else np.float64
     th = np.asarray(thresholds, np.float64).astype(dtype)
-    return np.searchsorted(th, score_map, side="left").astype(np.int32)
+    levels = np.zeros(score_map.shape, np.int32)
+    above = score_map > th[0]  # the rest (background, usually) is level 0: no need to search it
+    levels[above] = np.searchsorted(th, score_map[above], side="left")
+    return levels
 
 
 def filtered_counts(
@@ -144,6 +147,12 @@ def filtered_counts(
     n_levels = thresholds.size
     gt = gt.astype(bool)
     levels = quantize(score_map, thresholds)
+    # level-0 voxels are below every threshold: crop to the box of the others (the brain, usually)
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(levels)) if levels.any() else None
+    if box is not None and levels[box].size < levels.size:
+        levels, gt = levels[box], gt[box]  # outside voxels are never predicted: no effect on pred or tp
+    if n_levels < 255:
+        levels = levels.astype(np.uint8)  # NumPy sorts 8-bit keys by radix sort
     flat = levels.ravel()
     gt_flat = gt.ravel()
     raw_pred = np.bincount(flat, minlength=n_levels + 1)

@@ -26,13 +26,23 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def weighted_samples(score_map: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct (score, label) pairs of a volume and how many voxels each stands for."""
+    """Distinct (score, label) pairs of a volume and how many voxels each stands for.
+
+    The map's minimum (the background of most maps) is counted without sorting it."""
     scores = np.asarray(score_map, np.float32).ravel()
     labels = np.asarray(gt, bool).ravel()
+    floor = scores.min() if scores.size else np.float32(0)
+    at_floor = scores == floor
     out_s, out_y, out_w = [], [], []
     for label in (False, True):
-        values, counts = np.unique(scores[labels == label], return_counts=True)
-        out_s.append(values)
+        of_label = labels == label
+        rest = scores[of_label & ~at_floor]
+        values, counts = np.unique(rest, return_counts=True)
+        n_floor = int(np.count_nonzero(of_label & at_floor))
+        if n_floor:
+            values = np.concatenate([[floor], values])
+            counts = np.concatenate([[n_floor], counts])
+        out_s.append(values.astype(np.float32))
         out_y.append(np.full(values.size, label))
         out_w.append(counts)
     return np.concatenate(out_s), np.concatenate(out_y), np.concatenate(out_w).astype(np.float64)
