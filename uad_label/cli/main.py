@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("uad_label.cli.cmd_detect", "run a detector on one case locally, without a server"),
     "evaluate": ("uad_label.cli.cmd_evaluate", "evaluate a detector on a folder of cases with ground truth (Meissen et al. protocol)"),
     "batch": ("uad_label.cli.cmd_batch", "run a detector over every case of a folder: maps, masks, reports, summary CSV, overview"),
+    "train": ("uad_label.cli.cmd_train", "train a learned detector on healthy data (demo CPU or full GPU configuration)"),
     "bench": ("uad_label.cli.cmd_bench", "run benchmarks (kernels, preprocessing, evaluation)"),
 }
 

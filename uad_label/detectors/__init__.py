@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import importlib
 
+from ..training import register_trainer
 from .base import Detector
 
 _REGISTRY: dict[str, str] = {
     "flair_threshold": "uad_label.detectors.flair_threshold:FlairThreshold",
 }
 _INSTANCES: dict[str, Detector] = {}
+
+# learned detectors: name -> "module:function" of their trainer (uad_label.training.TrainRequest -> dict)
+for _name, _target in {}.items():
+    register_trainer(_name, _target)
 
 
 def available() -> list[str]:

@@ -24,6 +24,20 @@ class Detector(ABC):
     modalities: tuple[str, ...] = ("FLAIR",)  # required
     optional_modalities: tuple[str, ...] = ()
     params: tuple[Param, ...] = ()
+    weights_name: str | None = None  # learned detectors: the name of their weights (uad_label.weights)
+
+    def load_weights(self, map_location="cpu") -> tuple[dict, dict]:
+        """(state dict, model card); reloaded when the file changes (a server keeps serving while
+        `uad train` or the train task writes new weights). UntrainedError when there are none."""
+        from ..weights import find_weights, load_state
+
+        path = find_weights(self.weights_name)
+        key = (str(path), path.stat().st_mtime_ns) if path else None
+        cache = getattr(self, "_weights_cache", None)
+        if key is None or cache is None or cache[0] != key:
+            state, card = load_state(self.weights_name, map_location)
+            self._weights_cache = (key, state, card)
+        return self._weights_cache[1], self._weights_cache[2]
 
     def all_params(self) -> tuple[Param, ...]:
         return COMMON_PARAMS + self.params
@@ -32,9 +46,16 @@ class Detector(ABC):
         return validate(self.all_params(), dict(params or {}), ignore)
 
     def info(self) -> dict:
-        return {"description": self.description, "modalities": list(self.modalities),
-                "optional_modalities": list(self.optional_modalities),
-                "params": {p.name: p.describe() for p in self.all_params()}}
+        from ..weights import find_weights
+
+        out = {"description": self.description, "modalities": list(self.modalities),
+               "optional_modalities": list(self.optional_modalities),
+               "params": {p.name: p.describe() for p in self.all_params()}}
+        if self.weights_name:
+            path = find_weights(self.weights_name)
+            out["trained"] = path is not None
+            out["weights"] = str(path) if path else None
+        return out
 
     @abstractmethod
     def compute_map(self, case, params: dict, progress: Progress) -> np.ndarray:
