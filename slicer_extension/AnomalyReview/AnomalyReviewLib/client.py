@@ -352,8 +352,16 @@ class Client:
         return self._json("POST", f"/activelearning/{urllib.parse.quote(strategy)}", body=body,
                           content_type="application/json", ctx=ctx, timeout=self.infer_timeout, label="next case")
 
-    def train(self, model: str, params: Optional[dict] = None, ctx=None) -> Any:
-        """POST /train/{model}; a server without a trainer answers 4xx/5xx -> ServerError."""
+    def train(self, model: str, params: Optional[dict] = None, ctx=None, check: bool = True) -> Any:
+        """POST /train/{model}; the server's 4xx/5xx -> ServerError with its message.
+
+        With `check`, first ask /info/ whether the server has a trainer of that name: MONAI Label
+        0.8 queues a training task for any name and it only fails later in the background."""
+        if check:
+            trainers = sorted((self.info(ctx).get("trainers") or {}))
+            if model not in trainers:
+                raise ServerError(404, f"the server has no trainer for {model!r} (trainers: {trainers})",
+                                  "POST", f"/train/{model}")
         body = json.dumps(params or {}).encode()
         return self._json("POST", f"/train/{urllib.parse.quote(model)}", body=body, content_type="application/json",
                           ctx=ctx, label="train")
