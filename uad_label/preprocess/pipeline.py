@@ -80,7 +80,9 @@ class PreprocessOptions:
             (Mattes MI, random sampling inside the dilated template brain mask; shrink factors
             are relative to the registration grid, smoothing sigmas in mm).
         multimodal_registration: rigidly register the other modalities to the reference (else
-            they are only resampled, assuming one scanner space).
+            they are only resampled, assuming one scanner space). The rigid result is kept only
+            if it improves MI over the scanner geometry (identity) and moves no head corner by
+            more than ``max_intrastudy_shift_mm``; otherwise identity is used (and reported).
         min_mutual_information: quality check, the final Mattes MI must be <= -this (Mattes MI is
             reported negated by ITK: more negative is better).
         min_brain_in_head: quality check, fraction of the template brain (inside the scan's
@@ -114,6 +116,7 @@ class PreprocessOptions:
     affine: bool = True
     seed: int = 1234
     multimodal_registration: bool = True
+    max_intrastudy_shift_mm: float = 15.0
     min_mutual_information: float = 0.25
     min_brain_in_head: float = 0.90
     min_fov_coverage: float = 0.50
@@ -155,6 +158,8 @@ class PreprocessedCase:
             ``passed``, transform parameters, per-modality rigid results.
         work_to_native: affine transform (LPS physical, ITK convention) mapping work-grid points
             to the reference's native physical points; None in template-space mode.
+        modality_transforms: modality -> affine transform work-grid points -> that modality's
+            native physical points (registered mode only).
     """
 
     arrays: dict
@@ -167,6 +172,7 @@ class PreprocessedCase:
     timings: dict = field(default_factory=dict)
     registration: dict = field(default_factory=dict)
     work_to_native: sitk.Transform | None = None
+    modality_transforms: dict = field(default_factory=dict)
     _reorientation: RASReorientation | None = None
     _work_grid: sitk.Image | None = None
 

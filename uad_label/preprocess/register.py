@@ -184,12 +184,34 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, opts: PreprocessOption
     tr = sitk.Euler3DTransform()
     center = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in fixed.GetSize()])
     tr.SetCenter(center)
-    reg = _method(opts, fmask, (2, 1), (2.0, 1.0), opts.rigid_iterations, learning_rate=1.0)
+    def evaluate(transform):
+        ev = _method(opts, fmask, [1], [0.0], 1)
+        ev.SetMetricSamplingPercentage(min(1.0, 4 * float(opts.sampling_percentage)), int(opts.seed))
+        ev.SetInitialTransform(transform)
+        return float(ev.MetricEvaluate(fix, mov))
+
+    identity_metric = evaluate(sitk.Euler3DTransform(tr))
+    reg = _method(opts, fmask, (2, 1), (2.0, 1.0), opts.rigid_iterations, learning_rate=0.5)
     reg.SetMetricSamplingPercentage(min(1.0, 4 * float(opts.sampling_percentage)), int(opts.seed))
     reg.SetInitialTransform(tr, inPlace=True)
     reg.Execute(fix, mov)
-    info = {"metric": float(reg.GetMetricValue()), "iterations": int(reg.GetOptimizerIteration()),
+    final_metric = evaluate(tr)
+    # largest displacement of the fixed head's bounding-box corners
+    arr = sitk.GetArrayViewFromImage(fmask)
+    zyx = np.argwhere(arr > 0)
+    lo, hi = zyx.min(axis=0)[::-1], zyx.max(axis=0)[::-1]
+    corners = [fmask.TransformIndexToPhysicalPoint([int(v) for v in (a, b, c)])
+               for a in (lo[0], hi[0]) for b in (lo[1], hi[1]) for c in (lo[2], hi[2])]
+    shift = max(float(np.linalg.norm(np.subtract(tr.TransformPoint(p), p))) for p in corners)
+    accepted = final_metric < identity_metric and shift <= opts.max_intrastudy_shift_mm
+    info = {"metric": final_metric, "identity_metric": identity_metric, "max_shift_mm": shift,
+            "accepted": bool(accepted), "iterations": int(reg.GetOptimizerIteration()),
             "seconds": time.perf_counter() - t0, "parameters": list(tr.GetParameters())}
+    if not accepted:
+        warnings.warn(
+            f"rigid registration between modalities rejected (MI {final_metric:.3f} vs {identity_metric:.3f} "
+            f"at identity, largest shift {shift:.1f} mm); the scanner geometry (identity) is used")
+        return flatten_affine(sitk.Euler3DTransform()), info
     return flatten_affine(tr), info
 
 
@@ -311,7 +333,8 @@ def registered_pipeline(imgs: dict, ref_name: str, user_mask, opts: PreprocessOp
     case = PreprocessedCase(
         arrays=arrays, brain=brain, spacing=tuple(float(s) for s in grid.GetSpacing()),
         affine=ras_affine(grid), native_reference=ref, reference=ref_name, mode="registered",
-        registration=registration, work_to_native=to_ref, _work_grid=grid)
+        registration=registration, work_to_native=to_ref, modality_transforms=transforms,
+        _work_grid=grid)
     if not quality["passed"]:
         msg = (f"registration of {ref_name} to the MNI152 template failed its quality check: "
                + "; ".join(quality["failed_checks"])

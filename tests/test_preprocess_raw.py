@@ -1,0 +1,146 @@
+"""Raw-scan stages: N4, head mask, registration to the template, quality check / refusal, and
+the full pipeline on a real clinical FLAIR (skipped, with the reason shown, when
+../shared/data is absent)."""
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from uad_label.preprocess import PreprocessOptions, RegistrationError, preprocess
+from uad_label.preprocess.bias import head_mask, n4_bias_correct, shrink_factors
+from uad_label.preprocess.geometry import image_to_xyz
+from uad_label.preprocess.register import flatten_affine, register_to_template, work_grid_for
+from uad_label.template import load_template_brain_mask, load_template_t1
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+RAW_FLAIR = SHARED / "raw_clinical" / "patient01" / "study1_FLAIR.nii.gz"
+
+
+def _phantom(size=(64, 64, 24), spacing=(1.5, 1.5, 4.0)):
+    z, y, x = np.mgrid[: size[2], : size[1], : size[0]].astype(np.float32)
+    c = np.array(size[::-1]) / 2
+    r2 = ((z - c[0]) / (size[2] * 0.35)) ** 2 + ((y - c[1]) / (size[1] * 0.38)) ** 2 + ((x - c[2]) / (size[0] * 0.4)) ** 2
+    arr = np.where(r2 < 1, 100.0, 2.0).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing(spacing)
+    return img, arr
+
+
+def test_shrink_factors():
+    assert shrink_factors((0.72, 0.72, 4.0), 6.0) == [8, 8, 2]
+    assert shrink_factors((1.0, 1.0, 1.0), 4.0) == [4, 4, 4]
+    assert shrink_factors((0.5, 0.5, 5.0), 2.0) == [4, 4, 1]
+
+
+def test_head_mask_and_n4_remove_smooth_bias():
+    img, arr = _phantom()
+    mask = image_to_xyz(head_mask(img)) > 0
+    truth = image_to_xyz(img) > 50
+    assert (mask & truth).sum() / truth.sum() > 0.98 and (mask & ~truth).sum() / truth.sum() < 0.1
+    x = np.linspace(-1, 1, arr.shape[2])[None, None, :]
+    biased = sitk.GetImageFromArray(arr * (1 + 0.4 * x).astype(np.float32))
+    biased.CopyInformation(img)
+    corrected, log_field = n4_bias_correct(biased, voxel_mm=6.0)
+    assert corrected.GetSize() == img.GetSize() and corrected.GetPixelID() == sitk.sitkFloat32
+    inside = sitk.GetArrayViewFromImage(img) > 50
+    cv = lambda a: a[inside].std() / a[inside].mean()  # noqa: E731
+    assert cv(sitk.GetArrayFromImage(corrected)) < 0.5 * cv(sitk.GetArrayFromImage(biased))
+
+
+def test_flatten_affine_equals_composite():
+    a = sitk.Euler3DTransform((1, 2, 3), 0.1, -0.2, 0.05, (4, -5, 6))
+    b = sitk.AffineTransform(3)
+    b.SetMatrix((1.1, 0.02, 0, 0, 0.95, 0.01, 0, 0, 1.02))
+    b.SetTranslation((3, 0, -1))
+    comp = sitk.CompositeTransform(3)
+    comp.AddTransform(a)
+    comp.AddTransform(b)
+    flat = flatten_affine(comp)
+    for p in [(0, 0, 0), (50, -20, 10), (-80, 100, 30)]:
+        np.testing.assert_allclose(flat.TransformPoint(p), comp.TransformPoint(p), atol=1e-6)
+
+
+def test_work_grid_for_other_spacing_keeps_extent():
+    t1 = load_template_t1()
+    g = work_grid_for(t1, 2.0)
+    assert g.GetSize() == (99, 117, 95) and g.GetSpacing() == (2.0, 2.0, 2.0)
+    corner = lambda im: np.array(im.TransformContinuousIndexToPhysicalPoint((-0.5, -0.5, -0.5)))  # noqa: E731
+    np.testing.assert_allclose(corner(g), corner(t1), atol=1e-6)
+
+
+def test_registration_recovers_known_transform():
+    """The template moved by a known rigid transform (and given skull-like padding) is registered
+    back: brain points land within 2 mm."""
+    t1 = load_template_t1()
+    known = sitk.Euler3DTransform((0, -18, 18), 0.08, -0.05, 0.1, (6.0, -9.0, 5.0))
+    grid = sitk.Image([110, 130, 40], sitk.sitkFloat32)
+    grid.SetSpacing((1.8, 1.8, 4.0))
+    grid.SetOrigin((-99.0, -117.0, -60.0))
+    moving = sitk.Resample(t1, grid, known.GetInverse(), sitk.sitkLinear, 0.0) * 1000.0
+    tr, info = register_to_template(moving, PreprocessOptions())
+    mask = sitk.GetArrayFromImage(load_template_brain_mask())
+    pts = [t1.TransformIndexToPhysicalPoint([int(i) for i in ijk[::-1]])
+           for ijk in np.argwhere(mask > 0)[::5000]]
+    err = [np.linalg.norm(np.subtract(tr.TransformPoint(p), known.TransformPoint(p))) for p in pts]
+    assert np.mean(err) < 2.0, (np.mean(err), info)
+    assert info["mutual_information"] < -0.4
+
+
+def test_registration_failure_is_refused_with_metrics():
+    rng = np.random.default_rng(0)
+    noise = sitk.GetImageFromArray(rng.random((30, 120, 120)).astype(np.float32) * 100)
+    noise.SetSpacing((1.8, 1.8, 4.0))
+    noise.SetOrigin((-108.0, -108.0, -60.0))
+    opts = PreprocessOptions(bias_correction=False)
+    with pytest.raises(RegistrationError, match="quality check") as exc:
+        preprocess({"FLAIR": noise}, opts)
+    assert "mutual_information" in exc.value.metrics and exc.value.metrics["passed"] is False
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        case = preprocess({"FLAIR": noise}, PreprocessOptions(bias_correction=False, on_registration_failure="warn"))
+    assert case.registration["passed"] is False and case.registration["failed_checks"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RAW_FLAIR.exists(), reason="../shared/data/raw_clinical absent")
+def test_full_pipeline_on_raw_clinical_flair():
+    from uad_label.io import load_image
+
+    native = load_image(RAW_FLAIR)
+    case = preprocess({"FLAIR": native})
+    # registration succeeded and the template brain mask is the work brain mask
+    reg = case.registration
+    assert reg["passed"], reg
+    assert reg["brain_in_head"] > 0.93 and reg["fov_coverage"] > 0.95
+    assert case.shape == (197, 233, 189) and case.spacing == (1.0, 1.0, 1.0)
+    np.testing.assert_allclose(case.affine[:3, 3], [-98, -134, -72])
+    tb = image_to_xyz(load_template_brain_mask()) > 0
+    assert (case.brain & ~tb).sum() == 0 and case.brain.sum() > 0.95 * tb.sum()
+    flair = case.arrays["FLAIR"]
+    assert flair.dtype == np.float32 and np.all(np.isfinite(flair))
+    assert np.percentile(flair[case.brain], 5) > 0  # the brain has signal everywhere
+    # back on the native grid: same size, spacing, origin, direction as loaded
+    brain_native = case.brain_native()
+    for attr in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(brain_native, attr)() == getattr(native, attr)()
+    bn = sitk.GetArrayFromImage(brain_native) > 0
+    vol_ml = bn.sum() * np.prod(native.GetSpacing()) / 1000
+    assert 900 < vol_ml < 2000, vol_ml  # a plausible intracranial brain volume
+    head = sitk.GetArrayFromImage(sitk.Resample(
+        head_mask(sitk.BinShrink(native, [3, 3, 1])), native, sitk.Transform(), sitk.sitkNearestNeighbor)) > 0
+    assert (bn & head).sum() / bn.sum() > 0.95  # the mapped brain lies inside the head
+    # the work FLAIR mapped back correlates with the loaded scan inside the brain
+    back = sitk.GetArrayFromImage(case.to_native(flair))
+    orig = sitk.GetArrayFromImage(native).astype(np.float32)
+    assert np.corrcoef(back[bn], orig[bn])[0, 1] > 0.8
+    # coordinates: a work voxel's native RAS == native voxel's world coordinates
+    blob = np.zeros(case.shape, np.uint8)
+    blob[90:95, 120:125, 100:105] = 1
+    centroid = case.work_voxel_to_native_ras(np.argwhere(blob).mean(axis=0)[None])[0]
+    nat = sitk.GetArrayFromImage(case.to_native(blob, interpolation="nearest"))
+    kji = np.argwhere(nat > 0).mean(axis=0)
+    lps = native.TransformContinuousIndexToPhysicalPoint(kji[::-1].tolist())
+    assert np.linalg.norm(centroid - np.array(lps) * [-1, -1, 1]) < 3.0
+    assert case.timings["total"] < 60  # 30 s budget measured in benchmarks/preprocess
