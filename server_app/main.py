@@ -34,6 +34,11 @@ class UADApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         conf = conf or {}
         self.detector_names = enabled_detectors(conf)
+        # weights trained through the server go to <app>/model and take precedence over shipped ones
+        import os
+
+        self.weights_dir = conf.get("weights_dir") or os.path.join(app_dir, "model")
+        os.environ.setdefault("UAD_WEIGHTS_DIR", self.weights_dir)
         self.scoring_params = parse_params(conf.get("scoring_params"))
         wanted = conf.get("active_detector")
         self.active_detector = wanted if wanted in self.detector_names else (
@@ -69,6 +74,13 @@ class UADApp(MONAILabelApp):
 
     def init_infers(self):
         return {name: DetectorInfer(name) for name in self.detector_names}
+
+    def init_trainers(self):
+        from lib.trainers.detector import DetectorTrain
+
+        from uad_label.training import trainers
+
+        return {name: DetectorTrain(name, self.weights_dir) for name in self.detector_names if name in trainers()}
 
     def init_strategies(self):
         return default_strategies(k=int(self.conf.get("strategy_k", 5)),

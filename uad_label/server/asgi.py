@@ -27,6 +27,7 @@ from monailabel.interfaces.utils.app import app_instance
 from requests_toolbelt import MultipartEncoder
 
 from ..io import load_image
+from ..weights import UntrainedError
 from .tasks import split_request
 
 log = logging.getLogger("uad_label.server")
@@ -145,6 +146,8 @@ async def infer(
     request["_uad_return_mask"] = output in (None, "all")
     try:
         result = await run_in_threadpool(instance.infer, request)
+    except UntrainedError as exc:  # a learned detector without weights says so
+        raise RequestError(409, str(exc)) from None
     except ValueError as exc:  # the detector refused the input (empty brain, wrong modality, ...)
         raise RequestError(422, str(exc)) from None
     return _respond(result, output, background_tasks)

@@ -227,7 +227,8 @@ def make_subject(seed: int, lesions: bool | np.ndarray | str | sitk.Image | None
     lesions: False/None -> healthy; True -> synthetic MS-like lesions (3-15 unless `n_lesions`);
     an (x, y, z) array on the template grid, a SimpleITK image or a mask file in MNI space -> that
     real mask is pasted in. geometry: "native" (scanner-like: rigid motion, LPS/LAS/RAS voxel order,
-    1 x 1 x 1.2 mm) or "template" (the MNI template grid). downsample: coarser grid (tests).
+    1 x 1 x 1.2 mm) or "template" (the MNI template grid, background exactly zero like preprocessed
+    published data, so `preprocessed=True` finds the brain). downsample: coarser grid (tests).
     noise: Rician sigma as a fraction of the tissue mean (default: drawn in 1.5-3.5 %).
     """
     if geometry not in GEOMETRIES:
@@ -280,6 +281,10 @@ def make_subject(seed: int, lesions: bool | np.ndarray | str | sitk.Image | None
         n1 = rng_noise.standard_normal(shape, dtype=np.float32)
         n2 = rng_noise.standard_normal(shape, dtype=np.float32)
         img = np.sqrt((img + sigma * n1) ** 2 + (sigma * n2) ** 2)
+        if geometry == "template":
+            # template geometry stands for preprocessed data (skull-stripped, registered, as the
+            # published benchmarks ship it): background exactly zero so brain = non-zero voxels
+            img[brain < 0.5] = 0
         images[mod] = sitk_from_xyz(np.clip(np.rint(img), 0, 32767).astype(np.int16), grid)
     mask_img = sitk_from_xyz(gt.astype(np.uint8), grid)
     tissues = {"GM": gm, "WM": wm, "CSF": csf}
