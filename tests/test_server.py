@@ -63,7 +63,7 @@ def test_infer_returns_float_map_mask_and_json(server, studies, tmp_path):
     for part in MultipartDecoder(r.content, r.headers["content-type"]).parts:
         name = part.headers[b"Content-Disposition"].decode().split('name="')[1].split('"')[0]
         parts[name] = part.content
-    assert set(parts) == {"params", "image", "mask"}
+    assert set(parts) == {"params", "image", "mask", "brain"}
     info = json.loads(parts["params"])
     for key in ("threshold", "components", "image_score", "slice_scores", "latencies", "threshold_source"):
         assert key in info
@@ -80,6 +80,8 @@ def test_infer_returns_float_map_mask_and_json(server, studies, tmp_path):
     assert 0.0 < arr.max() <= 1.0 and len(np.unique(arr)) > 100  # a real float map, not a uint8 cast
     m = sitk.GetArrayFromImage(mask)
     assert set(np.unique(m)) <= {0, 1}
+    brain = sitk.GetArrayFromImage(read_nifti(parts["brain"], tmp_path, "brain.nii.gz"))
+    assert brain.any() and not (m.astype(bool) & ~brain.astype(bool)).any()  # findings lie in the brain
     assert m.sum() == sum(c["voxels"] for c in info["components"])
     assert len(info["slice_scores"]["values"]) == source.GetSize()[info["slice_scores"]["axis"]]
 
@@ -197,3 +199,9 @@ def test_info_and_datastore_answer_while_a_volume_is_inferred(server):
     assert done["r"].status_code == 200
     assert latencies, "inference finished before any request could be timed"
     assert max(latencies) < 0.8, f"slowest answer during inference {max(latencies):.2f} s (inference took {done['t']:.1f} s)"
+
+
+def test_train_unknown_model_is_404_not_queued(server):
+    r = requests.post(server.url + "/train/flair_threshold", json={}, timeout=30)
+    assert r.status_code == 404 and "no trainer" in r.json()["detail"]  # training-free detector
+    assert requests.get(server.url + "/train/", timeout=10).status_code == 200

@@ -62,6 +62,7 @@ class DetectionResult:
     mask: sitk.Image
     info: dict
     extras: dict[str, sitk.Image] = field(default_factory=dict)
+    brain: sitk.Image | None = None  # uint8 brain mask in the native grid (slice scores use it)
 
     def save(self, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
         """Write map, mask, extras (NIfTI) and the JSON; each file appears whole or not at all."""

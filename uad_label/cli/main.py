@@ -50,9 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     module = getattr(args, "_module", None)
     if module is None:  # argv was changed under us; rebuild for the named command
         module = importlib.import_module(COMMANDS[args.command][0])
+    from ..preprocess import RegistrationError
+
     try:
         return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RegistrationError) as exc:
         print(f"uad {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -24,6 +24,7 @@ class Detector(ABC):
     modalities: tuple[str, ...] = ("FLAIR",)  # required
     optional_modalities: tuple[str, ...] = ()
     params: tuple[Param, ...] = ()
+    task_type: str = "anomaly"  # "segmentation" for the segmenter: clients show a label, not a heat map
     weights_name: str | None = None  # learned detectors: the name of their weights (uad_label.weights)
 
     def load_weights(self, map_location="cpu") -> tuple[dict, dict]:
@@ -121,4 +122,4 @@ class Detector(ABC):
         info = {"detector": self.name, **info, "threshold_source": source,
                 "params": p, "latencies": {k: round(v, 4) for k, v in timings.items()},
                 "preprocessing": getattr(case, "registration", {})}
-        return DetectionResult(native_map, mask, info)
+        return DetectionResult(native_map, mask, info, brain=sitk.Cast(native_brain, sitk.sitkUInt8))

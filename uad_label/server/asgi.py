@@ -27,6 +27,7 @@ from monailabel.interfaces.utils.app import app_instance
 from requests_toolbelt import MultipartEncoder
 
 from ..io import load_image
+from ..preprocess import RegistrationError
 from ..weights import UntrainedError
 from .tasks import split_request
 
@@ -148,9 +149,24 @@ async def infer(
         result = await run_in_threadpool(instance.infer, request)
     except UntrainedError as exc:  # a learned detector without weights says so
         raise RequestError(409, str(exc)) from None
+    except RegistrationError as exc:  # no meaningful map without a registration that passed its checks
+        raise RequestError(422, str(exc)) from None
     except ValueError as exc:  # the detector refused the input (empty brain, wrong modality, ...)
         raise RequestError(422, str(exc)) from None
     return _respond(result, output, background_tasks)
+
+
+@router.post("/train/{model}", summary="Run a training task (uad-label: 404 for a model without a trainer)")
+async def train(model: str, params: dict | None = None, run_sync: bool = False, enqueue: bool = False,
+                user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+    from monailabel.endpoints.train import run_model
+
+    trainers = sorted(app_instance().info().get("trainers", {}))
+    if model not in trainers:
+        raise RequestError(404, f"model: no trainer for {model!r}; trainable: {trainers}")
+    if run_sync:
+        return await run_in_threadpool(run_model, model, params, run_sync, enqueue)
+    return run_model(model, params, run_sync, enqueue)
 
 
 def _respond(result: dict, output: str | None, background_tasks: BackgroundTasks):

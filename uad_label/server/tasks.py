@@ -53,6 +53,8 @@ def run_infer_request(detector_name: str, request: dict) -> tuple[str, dict]:
             files["mask"] = _temp_nifti(result.mask, written)
             for name, img in result.extras.items():
                 files[name] = _temp_nifti(img, written)
+            if result.brain is not None:  # clients compute slice scores over the same brain
+                files["brain"] = _temp_nifti(result.brain, written)
         if files:
             info["_files"] = files
     except BaseException:
