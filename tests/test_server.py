@@ -204,4 +204,5 @@ def test_info_and_datastore_answer_while_a_volume_is_inferred(server):
 def test_train_unknown_model_is_404_not_queued(server):
     r = requests.post(server.url + "/train/flair_threshold", json={}, timeout=30)
     assert r.status_code == 404 and "no trainer" in r.json()["detail"]  # training-free detector
-    assert requests.get(server.url + "/train/", timeout=10).status_code == 200
+    status = requests.get(server.url + "/train/", timeout=10)
+    assert status.status_code == 404 and "No Train Tasks" in status.json()["detail"]  # nothing was queued
