@@ -206,3 +206,41 @@ def test_train_unknown_model_is_404_not_queued(server):
     assert r.status_code == 404 and "no trainer" in r.json()["detail"]  # training-free detector
     status = requests.get(server.url + "/train/", timeout=10)
     assert status.status_code == 404 and "No Train Tasks" in status.json()["detail"]  # nothing was queued
+
+
+def test_stock_monailabel_start_server_still_serves_the_app(studies, tmp_path):
+    """`monailabel start_server --app server_app --studies DIR` keeps working (stock ASGI app)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from server_fixture import ROOT, free_port
+
+    port = free_port()
+    monailabel = Path(sys.executable).with_name("monailabel")
+    log = open(tmp_path / "stock.log", "w")
+    proc = subprocess.Popen([str(monailabel), "start_server", "--app", str(ROOT / "server_app"), "--studies",
+                             str(studies), "--host", "127.0.0.1", "--port", str(port)], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            # MONAI Label's launcher script runs the `python` it finds on PATH: the venv's
+                            env=dict(os.environ, PATH=f"{monailabel.parent}{os.pathsep}{os.environ['PATH']}"))
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                if requests.get(url + "/info/", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        assert proc.poll() is None, (tmp_path / "stock.log").read_text()[-2000:]
+        info = requests.get(url + "/info/", timeout=10).json()
+        assert "flair_threshold" in info["models"]
+        r = requests.post(url + "/infer/flair_threshold", params={"image": "case01_FLAIR", "output": "json"},
+                          data=PRE, timeout=120)
+        assert r.status_code == 200 and "components" in r.json()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
