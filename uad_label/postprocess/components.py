@@ -23,16 +23,18 @@ def threshold_mask(score_map: np.ndarray, threshold: float, min_component_mm3: f
                    voxel_volume_mm3: float = 1.0, connectivity: int = 26,
                    brain: np.ndarray | None = None) -> np.ndarray:
     """score_map > threshold (inside `brain` if given), without components of at most
-    `min_component_mm3` mm^3."""
+    `min_component_mm3` mm^3. Runs through uad_kernels' post-processing (scipy here, cupyx for
+    CuPy arrays on a GPU)."""
+    from uad_kernels import remove_small_components
+
+    structure(connectivity)  # validates
     mask = np.asarray(score_map) > threshold
     if brain is not None:
         mask &= np.asarray(brain, bool)
     if min_component_mm3 > 0 and mask.any():
-        labels, n = ndi.label(mask, structure=structure(connectivity))
-        sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_volume_mm3
-        keep = sizes > min_component_mm3
-        keep[0] = False
-        mask = keep[labels]
+        # keep size * voxel volume > min  <=>  size >= floor(min / voxel volume) + 1
+        min_voxels = int(np.floor(min_component_mm3 / voxel_volume_mm3 + 1e-9)) + 1
+        mask = remove_small_components(mask, min_voxels, connectivity=_STRUCTURES[connectivity])
     return mask
 
 
