@@ -9,11 +9,14 @@ from .base import Detector
 
 _REGISTRY: dict[str, str] = {
     "flair_threshold": "uad_label.detectors.flair_threshold:FlairThreshold",
+    "patchddm": "uad_label.detectors.patchddm:PatchDDM",
 }
 _INSTANCES: dict[str, Detector] = {}
 
 # learned detectors: name -> "module:function" of their trainer (uad_label.training.TrainRequest -> dict)
-for _name, _target in {}.items():
+for _name, _target in {
+    "patchddm": "uad_label.training.patchddm:train",
+}.items():
     register_trainer(_name, _target)
 
 

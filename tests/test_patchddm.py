@@ -1,0 +1,175 @@
+"""PatchDDM segmenter: network, inputs, ensemble post-processing, trainer data and a tiny train -> detect run."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from tests.phantoms import brain_phantom
+from uad_label.detectors.patchddm import add_component_uncertainty, ensemble_maps
+from uad_label.networks.patchddm import PUBLISHED, PatchDDMUNet, coordinate_channels, norm_groups
+from uad_label.training.patchddm import labelled_cases, sample_crop
+
+TINY = {"base_channels": 4, "channel_mult": [1, 2], "num_res_blocks": 1}
+
+
+def test_published_unet_shape_and_averaging_skips():
+    net = PatchDDMUNet(in_channels=7, **PUBLISHED)
+    assert [b[0].conv1.out_channels for b in net.down_blocks] == [29, 87, 116, 116, 116, 116, 116]
+    assert net.divisor == 64 and norm_groups(29) == 29 and norm_groups(116) == 29
+    assert not any("attn" in n.lower() for n, _ in net.named_modules())
+    # averaging skips keep each decoder level at its encoder width (a concatenating U-Net doubles it)
+    assert [b[0].conv1.in_channels for b in net.up_blocks] == [116, 116, 116, 116, 116, 87, 29]
+    assert 21e6 < sum(p.numel() for p in net.parameters()) < 22e6
+
+
+def test_unet_forward_and_bad_sizes():
+    net = PatchDDMUNet(in_channels=7, **TINY).eval()
+    x = torch.randn(2, 7, 8, 6, 4)
+    with torch.no_grad():
+        out = net(x, torch.tensor([0, 999]))
+    assert out.shape == (2, 1, 8, 6, 4)
+    assert torch.count_nonzero(out) == 0  # zero-initialised output layer: eps = 0 before training
+    with pytest.raises(ValueError, match="divisible by 2"):
+        net(torch.randn(1, 7, 7, 6, 4), torch.tensor([1]))
+    with pytest.raises(ValueError, match=r"\(B, 7, X, Y, Z\)"):
+        net(torch.randn(1, 6, 8, 6, 4), torch.tensor([1]))
+
+
+def test_coordinates_span_whole_volume_and_survive_cropping():
+    full = coordinate_channels((9, 5, 3))
+    assert full.shape == (3, 9, 5, 3)
+    assert full[0, 0].min() == -1 and full[0, -1].max() == 1 and full[2, :, :, 1].abs().max() == 0
+    crop = coordinate_channels((4, 2, 2), start=(3, 1, 1), full=(9, 5, 3))
+    torch.testing.assert_close(crop, full[:, 3:7, 1:3, 1:3])
+    padded = coordinate_channels((12, 5, 3), full=(9, 5, 3))  # padding extrapolates the ramps
+    torch.testing.assert_close(padded[:, :9], full)
+    assert padded[0, 11, 0, 0] == pytest.approx(1 + 3 * 2 / 8)
+
+
+def test_crops_stay_inside_and_lesion_crops_hold_the_lesion():
+    rng = np.random.default_rng(0)
+    starts = np.array([sample_crop((50, 60, 40), 32, rng) for _ in range(300)])
+    assert starts.min() >= 0 and (starts.max(0) <= [18, 28, 8]).all() and (starts.max(0) >= [15, 24, 6]).all()
+    lesion = np.array([[45, 3, 20]])
+    for _ in range(20):
+        s = sample_crop((50, 60, 40), 32, rng, lesion)
+        assert all(s[i] <= lesion[0, i] < s[i] + 32 for i in range(3))
+
+
+def test_ensemble_maps_mean_variance_and_isolated_voxels():
+    s = torch.zeros(4, 10, 10, 10)
+    s[:, 2:6, 2:6, 2:6] = 1.0  # every sample agrees on a blob
+    s[:2, 8, 8, 8] = 1.0  # two samples add an isolated speck
+    s[:2, 0:2, 7:9, 0:2] = 1.0  # two samples add an 8-voxel component (kept)
+    mean, unc, removed = ensemble_maps(s, True, 2)
+    assert removed == 2 and mean[8, 8, 8] == 0 and unc[8, 8, 8] == 0
+    assert mean[3, 3, 3] == 1 and unc[3, 3, 3] == 0
+    assert mean[0, 7, 0] == 0.5 and unc[0, 7, 0] == pytest.approx(1.0)  # 2 of 4 samples: maximal uncertainty
+    mean, unc, removed = ensemble_maps(s, False, 2)
+    assert removed == 0 and mean[8, 8, 8] == 0.5
+    _, unc1, _ = ensemble_maps(s[:1], True, 2)
+    assert unc1.abs().max() == 0  # one sample has no spread
+
+
+def test_component_uncertainty_matched_by_centroid():
+    mask = np.zeros((10, 10, 10), bool)
+    mask[1:3, 1:3, 1:3] = True
+    mask[6:9, 6:9, 6:9] = True
+    unc = np.zeros((10, 10, 10), np.float32)
+    unc[6:9, 6:9, 6:9] = 0.4
+    rows = [{"centroid_index": [7.0, 7.0, 7.0]}, {"centroid_index": [1.5, 1.5, 1.5]}]
+    add_component_uncertainty(rows, mask, unc, 26)
+    assert rows[0]["mean_uncertainty"] == pytest.approx(0.4) and rows[1]["mean_uncertainty"] == 0
+
+
+def _write_case(folder: Path, case: str, seed: int, gt_dir: Path | None):
+    flair, gt = brain_phantom((24, 24, 16), seed=seed, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    for mod, scale in (("FLAIR", 1.0), ("T1", 0.5), ("T2", 2.0)):
+        sitk.WriteImage(sitk.Cast(flair * scale, sitk.sitkFloat32), str(folder / f"{case}_{mod}.nii.gz"))
+    if gt_dir is not None:
+        gt_dir.mkdir(exist_ok=True, parents=True)
+        sitk.WriteImage(gt, str(gt_dir / f"{case}.nii.gz"))
+    return gt
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pddm")
+    synth = root / "synth"
+    synth.mkdir()
+    for i in range(2):
+        _write_case(synth, f"sub-{i:03d}", i, synth / "ground_truth")
+    (synth / "manifest.json").write_text(json.dumps({"kind": "synthetic", "geometry": "template"}))
+    store = root / "store"  # a MONAI Label local datastore: images + labels/final/<image id>.nii.gz
+    store.mkdir()
+    gt = _write_case(store, "case-a", 5, None)
+    _write_case(store, "case-b", 6, None)
+    (store / "labels" / "final").mkdir(parents=True)
+    sitk.WriteImage(gt, str(store / "labels" / "final" / "case-a_FLAIR.nii.gz"))
+    return root
+
+
+def test_trainer_prefers_final_labels_and_falls_back_to_synthetic(tiny_data):
+    real, synth = labelled_cases([tiny_data / "store", tiny_data / "synth"])
+    assert [c["id"] for c in real] == ["case-a"] and real[0]["kind"] == "final label"  # case-b has no label
+    assert [c["id"] for c in synth] == ["sub-000", "sub-001"] and all(c["preprocessed"] for c in synth)
+    real, synth = labelled_cases([tiny_data / "synth"], holdout={"sub-001"})
+    assert [c["id"] for c in synth] == ["sub-000"]
+
+
+def test_tiny_train_then_segment_with_uncertainty(tiny_data, tmp_path, monkeypatch):
+    import uad_label.detectors  # noqa: F401  (registers the trainer)
+    from uad_label.active.scoring import mean_uncertainty
+    from uad_label.detectors.patchddm import PatchDDM
+    from uad_label.training import TrainRequest, train
+
+    out = tmp_path / "w"
+    summary = train("patchddm", TrainRequest(
+        [tiny_data / "synth"], "cpu", out, "cpu",
+        {"steps": 3, "crop": 8, "spacing_mm": 2.0, "batch_size": 2, "network": TINY, "preprocessed": True}))
+    assert summary["steps"] == 3 and summary["source"] == "synthetic" and (out / "patchddm.pt").exists()
+    card = json.loads((out / "patchddm.json").read_text())
+    assert card["spacing_mm"] == 2.0 and card["data"]["cases"] == ["sub-000", "sub-001"]
+    assert card["schedule"] == {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
+
+    monkeypatch.setenv("UAD_WEIGHTS_DIR", str(out))
+    det = PatchDDM()
+    images = {m: tiny_data / "synth" / f"sub-001_{m}.nii.gz" for m in ("FLAIR", "T1", "T2")}
+    calls = []
+    params = {"preprocessed": True, "steps": 2, "ensemble": 3, "members_per_batch": 2}
+    res = det.detect(images, params, progress=lambda f, m: calls.append((f, m)))
+    unc = res.extras["uncertainty"]
+    assert unc.GetPixelID() == sitk.sitkFloat32 and unc.GetSize() == (24, 24, 16)
+    assert res.anomaly_map.GetPixelID() == sitk.sitkFloat32
+    u = sitk.GetArrayFromImage(unc)
+    p = sitk.GetArrayFromImage(res.anomaly_map)
+    assert 0 <= u.min() and u.max() <= 1 and 0 <= p.min() and p.max() <= 1
+    info = res.info
+    assert info["steps"] == 2 and info["ensemble"] == 3 and info["threshold"] == 0.5
+    assert info["mean_uncertainty"] == mean_uncertainty(res) and 0 <= info["mean_uncertainty"] <= 1
+    assert all("mean_uncertainty" in c for c in info["components"])
+    assert "sampling" in info["latencies"] and info["model_grid"] == [12, 12, 8]
+    assert sum("DDIM step" in m for _, m in calls) == 4  # 2 steps x 2 batches of members
+    again = det.detect(images, params, progress=lambda f, m: None)  # same seed, same samples
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again.anomaly_map), p)
+    with pytest.raises(ValueError, match="missing"):
+        det.detect({"FLAIR": images["FLAIR"]}, params)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_channels_last_forward_close_to_fp32():
+    net = PatchDDMUNet(in_channels=7, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1).cuda().eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(1, 7, 32, 32, 32, device="cuda")
+    t = torch.tensor([500], device="cuda")
+    with torch.inference_mode():
+        ref = net(x, t)
+        net_cl = net.to(memory_format=torch.channels_last_3d)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = net_cl(x.contiguous(memory_format=torch.channels_last_3d), t).float()
+    assert (out - ref).abs().mean() < 0.05 * ref.abs().mean() + 1e-3

@@ -1,0 +1,194 @@
+"""PatchDDM segmenter (Bieder et al.): a denoising diffusion model that samples lesion masks
+conditioned on FLAIR/T1/T2 and coordinate channels. An ensemble of N DDIM samples (eta 0) from
+different noise gives the mean (the map; segmentation at 0.5) and the normalised variance (the
+`uncertainty` extra map). Trained on approved labels (see uad_label.training.patchddm)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import SimpleITK as sitk
+
+from .base import Detector
+from .params import Param
+
+DEFAULT_THRESHOLD = 0.5
+
+
+class PatchDDM(Detector):
+    name = "patchddm"
+    task_type = "segmentation"  # the Slicer module expects /info type "segmentation" for the segmenter
+    description = ("PatchDDM segmenter (Bieder et al.): diffusion model trained on approved lesion labels; "
+                   "ensemble of DDIM samples -> mean probability (map, segmentation at 0.5) and normalised "
+                   "variance (extra map 'uncertainty'). Needs FLAIR, T1 and T2.")
+    modalities = ("FLAIR", "T1", "T2")
+    weights_name = "patchddm"
+    params = (
+        Param("steps", 20, int, "DDIM steps (eta 0); the thesis found 20 close to 1000", minimum=1, maximum=1000),
+        Param("ensemble", 5, int, "samples from different noise; mean = probability, variance = uncertainty",
+              minimum=1, maximum=64),
+        Param("seed", 0, int, "noise seed of the ensemble (same seed, same result)", minimum=0),
+        Param("remove_isolated", True, bool,
+              "drop each sample's isolated foreground specks (components of at most isolated_voxels model voxels) "
+              "that extreme noise produces"),
+        Param("isolated_voxels", 2, int, "largest speck removed by remove_isolated (model-grid voxels)", minimum=0),
+        Param("members_per_batch", 5, int, "ensemble members per network call (memory vs speed)", minimum=1,
+              maximum=64),
+        Param("device", "auto", str, "cpu, cuda or auto"),
+    )
+
+    def __init__(self):
+        self._local = threading.local()
+        self._model_cache = None
+
+    # ---------------------------------------------------------------- model
+    def _model(self, device):
+        import torch
+
+        from ..networks.patchddm import build
+
+        state, card = self.load_weights()
+        key = (id(state), device)
+        if self._model_cache is None or self._model_cache[0] != key:
+            if "network" not in card:
+                raise ValueError("patchddm weights: the model card lacks 'network' (retrain with `uad train patchddm`)")
+            model = build(card["network"])
+            model.load_state_dict(state)
+            model = model.to(device).eval()
+            if device.startswith("cuda"):
+                model = model.to(memory_format=torch.channels_last_3d)
+            self._model_cache = (key, model, card)
+        return self._model_cache[1], self._model_cache[2]
+
+    # ---------------------------------------------------------------- map
+    def compute_map(self, case, params, progress):
+        import torch
+        import torch.nn.functional as F
+
+        from ..diffusion import DiffusionSchedule
+        from ..networks.patchddm import coordinate_channels
+        from ..training import resolve_device
+        from ..training.patchddm import model_grid_shape, pad_to, scale_modalities, to_model_grid
+        self._local.pending = None
+        device = resolve_device(params["device"])
+        cuda = device.startswith("cuda")
+        model, card = self._model(device)
+        t0 = time.perf_counter()
+        mods = tuple(card.get("modalities", self.modalities))
+        size = model_grid_shape(case.shape, float(card["spacing_mm"]), case.spacing)
+        cond = torch.cat([to_model_grid(scale_modalities(case, mods), size), coordinate_channels(size)])
+        cond, size = pad_to(cond, model.divisor)
+        # coordinates continue linearly into the padding (the whole volume's ramps, not the padded one's)
+        cond[len(mods):] = coordinate_channels(tuple(cond.shape[1:]), full=size)
+        cond = cond.to(device)
+        schedule = DiffusionSchedule(**card["schedule"])
+        n, per = params["ensemble"], params["members_per_batch"]
+        gen = torch.Generator(device=device).manual_seed(params["seed"])
+        total_calls = params["steps"] * -(-n // per)
+        done = [0]
+        step_times = []
+
+        def tick(i, m):
+            done[0] += 1
+            step_times.append(time.perf_counter())
+            progress(done[0] / total_calls, f"DDIM step {done[0]} of {total_calls} ({n} samples)")
+
+        def net(x, t):
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
+                return model(x, t).float()
+
+        samples = []
+        t_sample = t_start = time.perf_counter()
+        with torch.inference_mode():
+            for start in range(0, n, per):
+                b = min(per, n - start)
+                noise = torch.randn((b, 1, *cond.shape[1:]), generator=gen, device=device)
+                c = cond[None].expand(b, *cond.shape).to(torch.bfloat16 if cuda else torch.float32)
+                x0 = schedule.sample(net, c, params["steps"], noise=noise, callback=tick)
+                samples.append(((x0[:, 0, :size[0], :size[1], :size[2]] + 1.0) * 0.5).clamp(0, 1).float())
+        t_sample = time.perf_counter() - t_sample
+        mean, unc, removed = ensemble_maps(torch.cat(samples), params["remove_isolated"], params["isolated_voxels"])
+        maps = torch.stack([mean, unc])[None]
+        if tuple(maps.shape[2:]) != tuple(case.shape):
+            maps = F.interpolate(maps, size=tuple(case.shape), mode="trilinear", align_corners=False)
+        maps = maps[0].cpu().numpy().astype(np.float32)
+        maps[:, ~case.brain] = 0.0
+        steps_s = np.diff([t_start] + step_times) if step_times else np.array([])
+        self._local.pending = {
+            "case": case, "uncertainty": maps[1],
+            "info": {"steps": params["steps"], "ensemble": n, "model_spacing_mm": float(card["spacing_mm"]),
+                     "model_grid": list(size), "device": device, "precision": "bf16" if cuda else "fp32",
+                     "isolated_voxels_removed": removed,
+                     "seconds_per_network_call": float(np.median(steps_s)) if len(steps_s) else None,
+                     "sampling_seconds": round(t_sample, 4), "weights_config": card.get("config")},
+        }
+        return maps[0]
+
+    def default_threshold(self, work_map, case, params):
+        return DEFAULT_THRESHOLD, "default: 0.5 on the ensemble mean (majority of samples)"
+
+    # ---------------------------------------------------------------- result with the uncertainty map
+    def detect(self, images, params=None, progress=None, brain_mask=None):
+        result = super().detect(images, params, progress, brain_mask)
+        pending = getattr(self._local, "pending", None)
+        self._local.pending = None
+        if pending is None:
+            raise RuntimeError("patchddm: the uncertainty map of this request is missing")
+        t = time.perf_counter()
+        case = pending["case"]
+        unc = sitk.Cast(case.to_native(pending["uncertainty"], interpolation="linear"), sitk.sitkFloat32)
+        brain = sitk.GetArrayViewFromImage(case.brain_native()) > 0
+        u = sitk.GetArrayViewFromImage(unc)
+        info = result.info
+        info.update(pending["info"])
+        info["mean_uncertainty"] = float(u[brain].mean()) if brain.any() else 0.0
+        info["uncertain_volume_ml"] = float(u[brain].sum() * np.prod(unc.GetSpacing()) / 1000.0)
+        add_component_uncertainty(info["components"], sitk.GetArrayViewFromImage(result.mask) > 0, u,
+                                  info["connectivity"])
+        info["latencies"]["sampling"] = pending["info"]["sampling_seconds"]
+        info["latencies"]["uncertainty"] = round(time.perf_counter() - t, 4)
+        result.extras["uncertainty"] = unc
+        return result
+
+
+def ensemble_maps(samples, remove_isolated: bool = True, isolated_voxels: int = 2):
+    """(mean, normalised variance, voxels removed) of samples (N, X, Y, Z) in [0, 1].
+
+    With remove_isolated, each sample's foreground (>= 0.5) components of at most isolated_voxels
+    voxels (26-connected) are set to 0 first. The variance is divided by 0.25, the largest variance of
+    values in [0, 1], so the uncertainty lies in [0, 1] (1: half the samples say lesion)."""
+    import torch
+    from uad_kernels import remove_small_components
+
+    s = samples.float().clone()
+    removed = 0
+    if remove_isolated and isolated_voxels > 0:
+        for i in range(s.shape[0]):
+            fg = s[i] >= 0.5
+            keep = torch.as_tensor(remove_small_components(fg, isolated_voxels + 1, connectivity=3), device=s.device)
+            drop = fg & ~keep
+            removed += int(drop.sum())
+            s[i][drop] = 0.0
+    mean = s.mean(0)
+    unc = (s.var(0, unbiased=False) / 0.25).clamp(0, 1) if s.shape[0] > 1 else torch.zeros_like(mean)
+    return mean, unc, removed
+
+
+def add_component_uncertainty(rows: list[dict], mask_kji: np.ndarray, unc_kji: np.ndarray, connectivity: int):
+    """Add `mean_uncertainty` to each component row (rows from uad_label.results.summarise, matched by centroid)."""
+    from scipy import ndimage as ndi
+
+    from ..postprocess.components import structure
+
+    if not rows:
+        return
+    labels, n = ndi.label(mask_kji, structure=structure(connectivity))
+    idx = np.arange(1, n + 1)
+    means = np.asarray(ndi.mean(unc_kji, labels, idx), np.float64).reshape(-1)
+    cents = np.asarray(ndi.center_of_mass(mask_kji, labels, idx), np.float64).reshape(-1, 3)[:, ::-1]  # (i, j, k)
+    for r in rows:
+        d = np.abs(cents - np.asarray(r["centroid_index"], np.float64)).sum(1)
+        r["mean_uncertainty"] = round(float(means[int(np.argmin(d))]), 6)
