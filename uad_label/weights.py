@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 PACKAGE_WEIGHTS = Path(__file__).resolve().parent / "assets" / "weights"
@@ -53,17 +52,11 @@ def save_state(name: str, state: dict, card: dict, out_dir: str | os.PathLike | 
     """Write `<name>.pt` and its model card atomically into out_dir (default: the first weights dir)."""
     import torch
 
+    from .atomic import atomic_path, write_text
+
     out = Path(out_dir) if out_dir else weights_dirs()[0]
-    out.mkdir(parents=True, exist_ok=True)
     target = out / f"{name}.pt"
-    for suffix, write in ((".pt", lambda f: torch.save(state, f)),
-                          (".json", lambda f: f.write(json.dumps(card, indent=2, default=str).encode()))):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=suffix)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-            os.replace(tmp, target.with_suffix(suffix))
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    with atomic_path(target) as tmp:
+        torch.save(state, tmp)
+    write_text(target.with_suffix(".json"), json.dumps(card, indent=2, default=str))
     return target

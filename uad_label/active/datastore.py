@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from contextlib import contextmanager
 from typing import Any, Dict
@@ -35,32 +34,11 @@ from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoun
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_copy(src: str, dest: str) -> None:
-    folder = os.path.dirname(dest) or "."
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".uad_tmp_", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
-            shutil.copyfileobj(inp, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..atomic import atomic_path
+
+    with atomic_path(dest, fsync=True) as tmp, open(src, "rb") as inp, open(tmp, "wb") as out:
+        shutil.copyfileobj(inp, out, 1 << 20)
 
 
 class SafeLocalDatastore(LocalDatastore):
@@ -107,20 +85,10 @@ class SafeLocalDatastore(LocalDatastore):
 
     def _write_unlocked(self) -> None:
         path = self._datastore_config_path
-        folder = os.path.dirname(path)
-        text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".datastore_", suffix=".json.tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        _fsync_dir(folder)
+        from ..atomic import write_text
+
+        write_text(path, json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str),
+                   fsync=True)
         self._config_ts = os.stat(path).st_mtime
 
     def _update_datastore_file(self, lock=True):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -147,18 +146,12 @@ def save_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True
         raise ValueError(f"{p}: cannot write this file type; use one of .nii.gz, .nii, .nrrd, .mha")
     if not isinstance(image, sitk.Image):
         raise TypeError(f"save_image needs a SimpleITK.Image, got {type(image).__name__}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{_stem(p)}.", suffix=f".tmp{ext}", dir=p.parent)
-    os.close(fd)
-    try:
-        if ext == ".mhd":
-            raise ValueError(f"{p}: .mhd writes two files and cannot be atomic; use .mha")
-        sitk.WriteImage(image, tmp, compress and ext in (".nii.gz", ".nrrd", ".mha"))
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if ext == ".mhd":
+        raise ValueError(f"{p}: .mhd writes two files and cannot be atomic; use .mha")
+    from ..atomic import atomic_path
+
+    with atomic_path(p, suffix=ext) as tmp:
+        sitk.WriteImage(image, str(tmp), compress and ext in (".nii.gz", ".nrrd", ".mha"))
     return p
 
 
