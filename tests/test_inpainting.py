@@ -1,0 +1,225 @@
+"""Sliding-window inpainting detector (issue 4): networks, exactness of the batched heat map
+against a per-window loop of the same G, slice mapping, bad input, untrained weights, end to end."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from uad_label.detectors.inpainting import (InpaintingDetector, InpaintingFastDetector, SliceMapper,
+                                            spread_scores)
+from uad_label.networks.inpainting import (ErrorRegressor, InpaintConfig, InpaintGenerator, build_generator,
+                                           count_parameters)
+from uad_label.weights import UntrainedError, save_state
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny networks on a shared 2-core machine: several threads per call only add contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_regressor_has_the_published_parameter_count_and_one_value_per_slice():
+    r = ErrorRegressor().eval()
+    assert count_parameters(r) == 1_558_273
+    with torch.no_grad():
+        for size in (256, 128):
+            out = r(torch.rand(3, 1, size, size))
+            assert out.shape == (3,) and bool(((out > 0) & (out < 1)).all())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in r.modules()) == 1
+
+
+def test_generator_uses_bicubic_upsampling_and_keeps_the_shape():
+    g = InpaintGenerator(ngf=4, num_downs=6).eval()
+    modes = {m.mode for m in g.modules() if isinstance(m, torch.nn.Upsample)}
+    assert modes == {"bicubic"}
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    with torch.no_grad():
+        assert g(torch.rand(2, 1, 64, 64)).shape == (2, 1, 64, 64)
+    with pytest.raises(ValueError, match="expected"):
+        g(torch.rand(2, 1, 32, 32))
+
+
+def _loop_heatmap(g, img, brain, box, stride, fill):
+    """The published per-window loop: one G pass per window position touching the brain."""
+    S = img.shape[-1]
+    heat = torch.zeros(S, S)
+    count = torch.zeros(S, S)
+    with torch.no_grad():
+        for x0 in list(range(0, S - box + 1, stride)):
+            for y0 in list(range(0, S - box + 1, stride)):
+                if not brain[x0:x0 + box, y0:y0 + box].any():
+                    continue
+                copy = img.clone()
+                copy[x0:x0 + box, y0:y0 + box] = fill
+                rec = g(copy[None, None])[0, 0]
+                score = (rec[x0:x0 + box, y0:y0 + box] - img[x0:x0 + box, y0:y0 + box]).abs().mean()
+                heat[x0:x0 + box, y0:y0 + box] += score
+                count[x0:x0 + box, y0:y0 + box] += 1
+    return heat / count.clamp_min(1)
+
+
+def _disk(S, r):
+    yy, xx = np.mgrid[:S, :S]
+    return torch.from_numpy(((yy - S / 2) ** 2 + (xx - S / 2) ** 2) < r * r)
+
+
+def test_batched_heatmap_equals_a_per_window_loop_of_the_same_generator():
+    torch.manual_seed(0)
+    cfg = InpaintConfig(slice_size=32, ngf=4, box=8)
+    g = build_generator(cfg).eval()
+    brain = _disk(32, 12)
+    img = torch.rand(32, 32) * brain
+    det = InpaintingDetector()
+    params = {"metric": "l1", "score_in_brain": False, "reduce": "mean"}
+    batched = det._slice_map(g, cfg, params, img, brain, 8, 3, 17)  # odd batch: chunks of unequal size
+    loop = _loop_heatmap(g, img, brain, 8, 3, cfg.fill)
+    assert batched.shape == (32, 32)
+    assert float(loop.max()) > 0
+    torch.testing.assert_close(batched, loop, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_batched_heatmap_on_cuda_matches_the_cpu_loop_within_bf16_tolerance():
+    torch.manual_seed(0)
+    cfg = InpaintConfig(slice_size=64, ngf=4, box=16)
+    g = build_generator(cfg).eval()
+    brain = _disk(64, 24)
+    img = torch.rand(64, 64) * brain
+    loop = _loop_heatmap(g, img, brain, 16, 4, cfg.fill)
+    params = {"metric": "l1", "score_in_brain": False, "reduce": "mean"}
+    batched = InpaintingDetector()._slice_map(g.cuda(), cfg, params, img.cuda(), brain.cuda(), 16, 4, 512)
+    torch.testing.assert_close(batched.cpu(), loop, rtol=0.05, atol=0.02)
+
+
+def test_spread_scores_averages_over_box_footprints():
+    heat = torch.zeros(8, 8)
+    count = torch.zeros(8, 8)
+    spread_scores(torch.tensor([1.0, 3.0]), torch.tensor([[0, 0], [2, 2]]), 4, heat, count)
+    out = heat / count.clamp_min(1)
+    assert out[0, 0] == 1 and out[5, 5] == 3 and out[3, 3] == 2 and out[7, 7] == 0
+
+
+def test_slice_mapper_round_trip_fits_pads_and_returns_the_work_grid():
+    cfg = InpaintConfig(slice_size=64, scale=2)
+    vol = np.zeros((90, 100, 30), np.float32)
+    brain = np.zeros(vol.shape, bool)
+    brain[20:70, 20:80, 6:26] = True
+    vol[brain] = 100.0
+    m = SliceMapper(vol.shape, cfg, axis=2)
+    imgs, brains, keep = m.to_slices(vol, brain)
+    assert imgs.shape[1:] == (64, 64) and imgs.shape[0] == keep.numel() == 10
+    assert float(imgs[brains].min()) == pytest.approx(1.0)  # normalised: brain 99th percentile -> 1
+    assert float(imgs[~brains].abs().max()) == 0.0
+    back = m.to_volume(torch.ones_like(imgs), keep)
+    assert back.shape == vol.shape
+    assert np.allclose(back[30:60, 30:70, 8:22], 1.0, atol=1e-5)
+    # other slice axes map back to the same grid
+    for axis in (0, 1):
+        m2 = SliceMapper(vol.shape, cfg, axis=axis)
+        i2, b2, k2 = m2.to_slices(vol, brain)
+        assert m2.to_volume(i2 * 0, k2).shape == vol.shape
+    with pytest.raises(ValueError, match="3 dimensions"):
+        SliceMapper((10, 10), cfg)
+
+
+# ----------------------------------------------------------------------------- detector end to end
+def _phantom(shape=(48, 56, 24), lesion=True):
+    arr = np.zeros(shape, np.float32)
+    x, y, z = np.mgrid[:shape[0], :shape[1], :shape[2]]
+    inside = ((x - shape[0] / 2) / 18) ** 2 + ((y - shape[1] / 2) / 22) ** 2 + ((z - shape[2] / 2) / 10) ** 2 < 1
+    arr[inside] = 100 + 5 * np.sin(x[inside] / 3.0)
+    if lesion:
+        arr[20:26, 24:30, 10:14] = 300
+    img = sitk.GetImageFromArray(np.transpose(arr, (2, 1, 0)).copy())
+    img.SetSpacing((1.0, 1.0, 1.0))
+    return img
+
+
+@pytest.fixture()
+def tiny_weights(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    cfg = InpaintConfig(slice_size=32, scale=2, ngf=4, box=8)
+    save_state("inpainting", build_generator(cfg).state_dict(), {"config": cfg.to_dict(),
+                                                                  "healthy_window_score_q99": 0.3}, tmp_path)
+    save_state("inpainting_fast", ErrorRegressor().state_dict(), {"config": cfg.to_dict()}, tmp_path)
+    monkeypatch.setenv("UAD_WEIGHTS_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.mark.parametrize("cls", [InpaintingDetector, InpaintingFastDetector])
+def test_detect_returns_a_native_map_mask_components_and_latencies(tiny_weights, cls):
+    det = cls()
+    res = det.detect({"FLAIR": _phantom()}, {"preprocessed": True, "box": 8, "stride": 4})
+    arr = sitk.GetArrayFromImage(res.anomaly_map)
+    assert arr.shape == (24, 56, 48) and np.isfinite(arr).all() and arr.max() > 0
+    assert res.info["params"]["stride_used"] == 4
+    assert "detect" in res.info["latencies"] and "components" in res.info
+    assert len(res.info["slice_scores"]["values"]) == 24
+    if cls is InpaintingDetector:
+        assert res.info["threshold"] == pytest.approx(0.3)  # the model card's healthy calibration
+    assert det.info()["trained"] is True
+
+
+def test_untrained_detector_says_so(tmp_path, monkeypatch):
+    import uad_label.weights as w
+
+    monkeypatch.setattr(w, "find_weights", lambda name: None)
+    for cls in (InpaintingDetector, InpaintingFastDetector):
+        det = cls()
+        assert det.info()["trained"] is False
+        with pytest.raises(UntrainedError, match="untrained"):
+            det.detect({"FLAIR": _phantom()}, {"preprocessed": True})
+
+
+def test_bad_input_is_named(tiny_weights):
+    det = InpaintingDetector()
+    with pytest.raises(ValueError, match="box"):
+        det.detect({"FLAIR": _phantom()}, {"preprocessed": True, "box": 64})  # slice 32 < box
+    nan = sitk.GetArrayFromImage(_phantom())
+    nan[3, 3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        det.detect({"FLAIR": sitk.GetImageFromArray(nan)}, {"preprocessed": True})
+    with pytest.raises(ValueError, match="3D"):
+        det.detect({"FLAIR": sitk.GetImageFromArray(np.ones((20, 20), np.float32))}, {"preprocessed": True})
+    with pytest.raises(ValueError, match="stride"):
+        det.detect({"FLAIR": _phantom()}, {"preprocessed": True, "stride": 0})
+    with pytest.raises(ValueError, match="FLAIR"):
+        det.detect({"T1": _phantom()}, {"preprocessed": True})
+
+
+def test_trainers_run_on_a_plain_folder_and_write_cards(tmp_path):
+    from uad_label.training import TrainRequest, train
+
+    data = tmp_path / "ixi"
+    data.mkdir()
+    for i in range(2):
+        sitk.WriteImage(_phantom(lesion=False), str(data / f"IXI00{i}.nii.gz"))
+    out = tmp_path / "w"
+    small = {"slice_size": 32, "scale": 2, "ngf": 4, "d_channels": 8, "batch_size": 2, "steps": 2, "r_steps": 2,
+             "r_batch_size": 2, "box": 8, "val_slices": 2, "val_boxes": 2, "bn_batches": 1}
+    g = train("inpainting", TrainRequest([data], "cpu", out, "cpu", dict(small)))
+    assert g["steps"] == 2 and (out / "inpainting.pt").exists()
+    r = train("inpainting_fast", TrainRequest([data], "cpu", out, "cpu", dict(small)))
+    assert r["steps"] == 2 and (out / "inpainting_fast.json").exists()
+    import json
+
+    card = json.loads((out / "inpainting.json").read_text())
+    assert card["config"]["slice_size"] == 32 and card["data"][0]["template_space"] is True
+    state = torch.load(out / "inpainting.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())  # a plain state dict
+    with pytest.raises(ValueError, match="unknown setting"):
+        train("inpainting", TrainRequest([data], "cpu", out, "cpu", {"nope": 1}))
+
+
+def test_lesion_mask_case_folders_contribute_lesion_free_slices_only(patient26):
+    from uad_label.training import TrainRequest
+    from uad_label.training.inpainting import _sources
+
+    (name, files, gt), = _sources(TrainRequest([patient26]))
+    assert files["FLAIR"].name.startswith("FLAIR") and gt is not None and gt.name.startswith("GT")
