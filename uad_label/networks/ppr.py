@@ -13,7 +13,7 @@ the 31^3 voxels of its patch and can be evaluated densely without changing a sin
     conv 1^3               12              m -> 2m       2
     residual block (2x3^3) 12 ->  8        2m            2
     avg pool 2              8 ->  4                      (stride 1, dilation 2)
-    head conv 4^3           4 ->  1        2m -> 4m      4   (= flatten + linear of a classifier)
+    head conv 4^3           4 ->  1        2m -> 4m      4   (= flatten + linear of a classifier, no SN)
     linear, linear (1^3)    1              4m -> 4m -> 3
 
 Residual blocks are pre-activation (LeakyReLU) with the skip centre-cropped by 2 voxels. Patch
@@ -86,7 +86,7 @@ class PPRNet(nn.Module):
         self.res1 = _ResBlock(m)
         self.expand = _SNConv(m, 2 * m, 1)
         self.res2 = _ResBlock(2 * m)
-        self.head = _SNConv(2 * m, 4 * m, 4)
+        self.head = _SNConv(2 * m, 4 * m, 4, sn=False)  # the classifier's linear part: not normalised
         self.fc1 = nn.Conv3d(4 * m, 4 * m, 1)
         self.fc2 = nn.Conv3d(4 * m, 3, 1)
 

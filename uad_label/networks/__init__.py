@@ -1,0 +1,1 @@
+"""Network builders of the learned detectors (one module per detector family)."""

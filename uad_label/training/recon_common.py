@@ -1,0 +1,207 @@
+"""Training shared by the volumetric reconstruction detectors (baur_ae, ae3d): healthy volumes
+through the inference preprocessing (uad_label.detectors.recon_base), a held-out healthy
+validation split, the best checkpoint by validation loss, and the calibration stored in the
+model card (default thresholds = a high percentile of the healthy map; the healthy mean residual)."""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import logging
+import math
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..detectors.recon_base import Canvas, normalise, residual_map
+from . import TrainRequest, resolve_device
+from .data import healthy_cases
+
+log = logging.getLogger(__name__)
+
+# the combinations whose default thresholds are calibrated (request parameters residual / filter / mean)
+CALIBRATED = [(mode, filt, size, minus) for mode in ("abs", "positive")
+              for filt, size in (("median", 5), ("erosion", 5), ("none", 5))
+              for minus in (False, True)]
+
+
+def is_template_space(source: Path) -> bool:
+    manifest = Path(source) / "manifest.json"
+    if manifest.exists():
+        try:
+            return json.loads(manifest.read_text()).get("geometry") == "template"
+        except (ValueError, OSError):
+            return False
+    return False
+
+
+def load_healthy_volumes(request: TrainRequest, modality: str, canvas, factor: int, preprocessed=None,
+                         max_cases: int | None = None, progress=None):
+    """(N, 1, *canvas) normalised volumes and brain masks of the healthy cases of request.data."""
+    from ..io import load_image
+    from ..preprocess import PreprocessOptions, preprocess
+
+    cases = []
+    for source in request.data:
+        pre = is_template_space(source) if preprocessed is None else bool(preprocessed)
+        cases += [(c, pre, source) for c in healthy_cases(source, (modality,))]
+    if max_cases:
+        cases = cases[:max_cases]
+    xs, bs = [], []
+    for i, (c, pre, _) in enumerate(cases):
+        if progress:
+            progress(0.1 * i / len(cases), f"loading {Path(c[modality]).name}")
+        pc = preprocess({modality: load_image(c[modality])}, PreprocessOptions(preprocessed=pre), reference=modality)
+        cv = Canvas.around(pc.brain, canvas, factor)
+        xs.append(cv.to_canvas(normalise(pc.arrays[modality], pc.brain)))
+        bs.append(cv.to_canvas(pc.brain.astype(np.float32)) > 0.5)
+    if len(xs) < 2:
+        raise ValueError(f"data: expected at least 2 healthy {modality} cases (one for validation), received {len(xs)}")
+    return torch.cat(xs), torch.cat(bs), [str(c[modality]) for c, _, _ in cases]
+
+
+def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Left-right flips and a random intensity gain / gamma per volume (healthy appearance kept)."""
+    out = []
+    for v in x:
+        if torch.rand((), generator=gen) < 0.5:
+            v = v.flip(-3)
+        gain = 1.0 + 0.1 * (2 * torch.rand((), generator=gen) - 1)
+        gamma = math.exp(0.15 * (2 * float(torch.rand((), generator=gen)) - 1))
+        v = (v.clamp_min(0) / 2.0) ** gamma * 2.0 * gain
+        out.append(v)
+    return torch.stack(out)
+
+
+def train_volume_autoencoder(name: str, request: TrainRequest, network_module, defaults: dict) -> dict:
+    """Train `network_module.build(**network)` on healthy volumes; save `<name>.pt` + model card."""
+    from ..weights import save_state
+
+    cfg = {**defaults["common"], **defaults[request.config]}
+    unknown = sorted(set(request.overrides) - set(cfg) - {"preprocessed", "max_cases"})
+    if unknown:
+        raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(cfg)}")
+    cfg.update({k: v for k, v in request.overrides.items() if k in cfg})
+    if request.config not in ("cpu", "full"):
+        raise ValueError(f"config: expected 'cpu' or 'full', received {request.config!r}")
+    net_cfg = dict(cfg["network"])
+    levels = network_module.levels(net_cfg)
+    canvas = tuple(int(c) for c in cfg["canvas"])
+    if any(c % (2 ** levels) for c in canvas):
+        raise ValueError(f"canvas: expected sizes divisible by {2 ** levels} ({levels} stride-2 levels), received {canvas}")
+    progress = request.progress or (lambda f, m: log.info("[%s] %3.0f%% %s", name, 100 * f, m))
+    device = resolve_device(request.device)
+    torch.manual_seed(request.seed)
+    gen = torch.Generator().manual_seed(request.seed)
+    t0 = time.perf_counter()
+    x, b, files = load_healthy_volumes(request, cfg["modality"], canvas, int(cfg["factor"]),
+                                       request.overrides.get("preprocessed"), request.overrides.get("max_cases"),
+                                       progress)
+    n_val = max(1, int(round(cfg["val_fraction"] * len(x))))
+    perm = torch.randperm(len(x), generator=gen)
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    load_s = time.perf_counter() - t0
+
+    net = network_module.build(**net_cfg).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
+    loss_fn = torch.nn.L1Loss() if cfg["loss"] == "l1" else torch.nn.MSELoss()
+    amp = device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    bs = int(cfg["batch_size"])
+    best = (float("inf"), None, -1)
+    history = []
+    t1 = time.perf_counter()
+    budget = float(cfg["max_minutes"]) * 60
+    epochs = int(cfg["epochs"])
+    steps = 0
+    for epoch in range(epochs):
+        net.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        losses = []
+        for i in range(0, len(order), bs):
+            xb = augment(x[order[i:i + bs]], gen).to(device)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                loss = loss_fn(net(xb).float(), xb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            steps += 1
+        val = _evaluate(net, x[val_idx], loss_fn, device, amp)
+        history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val})
+        if val < best[0]:
+            best = (val, copy.deepcopy(net.state_dict()), epoch + 1)
+        elapsed = time.perf_counter() - t1
+        progress(0.1 + 0.8 * min(1.0, max((epoch + 1) / epochs, elapsed / budget)),
+                 f"epoch {epoch + 1}: train {np.mean(losses):.4f} val {val:.4f}")
+        if elapsed > budget:
+            log.info("%s: time budget of %.1f min reached after %d epochs", name, budget / 60, epoch + 1)
+            break
+    train_s = time.perf_counter() - t1
+    net.load_state_dict(best[1])
+    progress(0.92, "calibrating thresholds on the healthy validation volumes")
+    thresholds, means, cal_info = calibrate(net, x[val_idx], b[val_idx], device, float(cfg["threshold_percentile"]))
+    # float16 on disk (the shipped files stay small); the detector loads them back as float32
+    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+             for k, v in net.state_dict().items()}
+    for mode, m in means.items():
+        state[f"extra.healthy_mean_{mode}"] = m.half()
+    card = {
+        "detector": name, "config": request.config, "network": net_cfg, "modality": cfg["modality"],
+        "canvas": list(canvas), "factor": int(cfg["factor"]), "normalisation": "x * 0.5 / brain median, clip [0, 2]",
+        "loss": cfg["loss"], "optimizer": "Adam", "lr": float(cfg["lr"]), "batch_size": bs,
+        "epochs_run": len(history), "steps": steps, "best_epoch": best[2], "best_val_loss": best[0],
+        "history": history, "seconds": {"load": round(load_s, 1), "train": round(train_s, 1)},
+        "data": {"sources": [str(s) for s in request.data], "n_train": len(train_idx), "n_val": len(val_idx),
+                 "val_cases": [Path(files[i]).name for i in val_idx.tolist()]},
+        "threshold_percentile": float(cfg["threshold_percentile"]), "thresholds": thresholds,
+        "calibration": cal_info, "device": device, "seed": request.seed,
+        "software": {"torch": torch.__version__, "python": platform.python_version()},
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    path = save_state(name, state, card, request.out_dir)
+    progress(1.0, f"saved {path}")
+    return {"weights": str(path), "epochs": len(history), "best_epoch": best[2], "best_val_loss": best[0],
+            "train_seconds": round(train_s, 1), "n_train": len(train_idx), "n_val": len(val_idx)}
+
+
+@torch.no_grad()
+def _evaluate(net, x, loss_fn, device, amp) -> float:
+    net.eval()
+    losses = []
+    for v in x:
+        xb = v[None].to(device)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+            losses.append(float(loss_fn(net(xb).float(), xb)))
+    return float(np.mean(losses))
+
+
+@torch.no_grad()
+def calibrate(net, x, b, device, percentile: float):
+    """Default thresholds (the `percentile` of the in-brain map over the healthy validation volumes,
+    for each calibrated combination of residual / filter / mean subtraction) and the healthy mean
+    residual per residual mode (canvas space)."""
+    from ..detectors.recon_base import _threshold_key
+
+    net.eval()
+    recons = [net(v[None].to(device)).float().cpu() for v in x]
+    means = {}
+    for mode in ("abs", "positive"):
+        maps = [residual_map(v, r, m, mode)[0] for v, r, m in zip(x, recons, b)]
+        means[mode] = torch.stack(maps).mean(0)
+    thresholds = {}
+    for mode, filt, size, minus in CALIBRATED:
+        values = []
+        for v, r, m in zip(x, recons, b):
+            mp, _ = residual_map(v, r, m, mode, means[mode] if minus else None, filt, size)
+            values.append(mp[m.reshape(mp.shape)].numpy())
+        key = _threshold_key({"residual": mode, "filter": filt, "filter_size": size, "subtract_healthy_mean": minus})
+        thresholds[key] = float(np.percentile(np.concatenate(values), percentile))
+    info = {"n_volumes": len(x), "percentile": percentile,
+            "note": "healthy mean residual from the validation volumes themselves, so 'minus_mean' thresholds "
+                    "are optimistic (in-sample)"}
+    return thresholds, means, info

@@ -1,0 +1,189 @@
+"""`uad train strega`: the compact ceVAE of StRegA on axial slices of the tissue segmentation of
+healthy scans. Augmentations as published, applied to the scan before segmentation, through MONAI
+transforms: bias field, Gaussian noise, gamma, flips, affine (MONAI has no MR ghosting transform,
+and torchio is not installed: ghosting is not applied). Loss: w_kl * KL + w_rec * L1 + w_ce * L1 of
+the context-encoded input (published code: 0.5 / 0.01 / 1); Adam; best checkpoint by validation loss."""
+from __future__ import annotations
+
+import copy
+import datetime
+import logging
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..detectors.recon_base import Canvas
+from ..networks import strega as strega_net
+from . import TrainRequest, resolve_device
+from .data import healthy_cases
+from .recon_common import is_template_space
+
+log = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "common": {"modality": "T2", "w_kl": 0.5, "w_rec": 0.01, "w_ce": 1.0, "val_fraction": 0.17,
+               "max_squares": 3, "tissue_beta": 0.5},
+    # demo: 2x-downsampled slices, reduced channels; lr raised from the published 1e-4 to converge in minutes
+    "cpu": {"network": strega_net.CPU, "canvas": (80, 96, 80), "factor": 2, "lr": 1e-3, "epochs": 200,
+            "batch_size": 32, "augmented_copies": 1, "max_minutes": 4.0},
+    "full": {"network": strega_net.FULL, "canvas": (160, 192, 160), "factor": 1, "lr": 1e-4, "epochs": 100,
+             "batch_size": 32, "augmented_copies": 4, "max_minutes": 600.0},
+}
+
+
+def _augmenter(seed: int):
+    from monai.transforms import (Compose, RandAdjustContrast, RandAffine, RandBiasField, RandFlip,
+                                  RandGaussianNoise)
+
+    t = Compose([RandBiasField(prob=0.5, coeff_range=(0.0, 0.2)), RandGaussianNoise(prob=0.5, std=0.02),
+                 RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)), RandFlip(prob=0.5, spatial_axis=0),
+                 RandAffine(prob=0.5, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.05, 0.05, 0.05),
+                            mode="bilinear", padding_mode="zeros")])
+    t.set_random_state(seed)
+    return t
+
+
+def slices_of(request: TrainRequest, cfg: dict, progress):
+    """Per case: (S, 1, H, W) slices of the intensity-ordered tissue input, canvas space."""
+    from ..detectors.strega import canvas_tissue_input
+    from ..io import load_image
+    from ..preprocess import PreprocessOptions, preprocess
+
+    mod = cfg["modality"]
+    cases = []
+    for source in request.data:
+        pre = is_template_space(source) if request.overrides.get("preprocessed") is None \
+            else bool(request.overrides["preprocessed"])
+        cases += [(c, pre) for c in healthy_cases(source, (mod,))]
+    if request.overrides.get("max_cases"):
+        cases = cases[: int(request.overrides["max_cases"])]
+    aug = _augmenter(request.seed) if int(cfg["augmented_copies"]) else None
+    per_case, names = [], []
+    total = len(cases) * (1 + int(cfg["augmented_copies"]))
+    done = 0
+    for c, pre in cases:
+        pc = preprocess({mod: load_image(c[mod])}, PreprocessOptions(preprocessed=pre), reference=mod)
+        vol = pc.arrays[mod] / float(np.median(pc.arrays[mod][pc.brain]))
+        stack = []
+        for copy_i in range(1 + int(cfg["augmented_copies"])):
+            progress(0.3 * done / total, f"tissue segmentation {Path(c[mod]).name} ({copy_i})")
+            done += 1
+            v = vol
+            if copy_i:
+                v = np.asarray(aug(torch.from_numpy(vol)[None]))[0].astype(np.float32)
+                v = np.clip(v, 0, None)
+            brain = pc.brain & (v > 0) if copy_i else pc.brain
+            cv = Canvas.around(brain, cfg["canvas"], cfg["factor"])
+            xt, bt, _ = canvas_tissue_input(v, brain, cv, mod, cfg["tissue_beta"], check=False)
+            keep = [k for k in range(xt.shape[2]) if bt[:, :, k].float().mean() > 0.05]
+            stack.append(xt[:, :, keep].permute(2, 0, 1)[:, None])
+        per_case.append(torch.cat(stack))
+        names.append(Path(c[mod]).name)
+    if len(per_case) < 2:
+        raise ValueError(f"data: expected at least 2 healthy {mod} cases (one for validation), received {len(per_case)}")
+    return per_case, names
+
+
+def train(request: TrainRequest) -> dict:
+    from ..weights import save_state
+
+    if request.config not in ("cpu", "full"):
+        raise ValueError(f"config: expected 'cpu' or 'full', received {request.config!r}")
+    cfg = {**DEFAULTS["common"], **DEFAULTS[request.config]}
+    unknown = sorted(set(request.overrides) - set(cfg) - {"preprocessed", "max_cases", "steps"})
+    if unknown:
+        raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(cfg)}")
+    cfg.update({k: v for k, v in request.overrides.items() if k in cfg})
+    net_cfg = dict(cfg["network"])
+    net_cfg["input_size"] = tuple(int(s) for s in cfg["canvas"][:2])
+    progress = request.progress or (lambda f, m: log.info("[strega] %3.0f%% %s", 100 * f, m))
+    device = resolve_device(request.device)
+    torch.manual_seed(request.seed)
+    gen = torch.Generator().manual_seed(request.seed)
+    t0 = time.perf_counter()
+    per_case, names = slices_of(request, cfg, progress)
+    n_val = max(1, int(round(cfg["val_fraction"] * len(per_case))))
+    perm = torch.randperm(len(per_case), generator=gen).tolist()
+    val = torch.cat([per_case[i] for i in perm[:n_val]])
+    trn = torch.cat([per_case[i] for i in perm[n_val:]])
+    prep_s = time.perf_counter() - t0
+
+    net = strega_net.build(**net_cfg).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
+    amp = device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    max_size = max(1, 128 // int(cfg["factor"]))
+    w = (float(cfg["w_kl"]), float(cfg["w_rec"]), float(cfg["w_ce"]))
+    bs = int(cfg["batch_size"])
+    best, history, steps = (float("inf"), None, -1), [], 0
+    budget = float(cfg["max_minutes"]) * 60
+    max_steps = int(request.overrides.get("steps", 0)) or None
+    t1 = time.perf_counter()
+    for epoch in range(int(cfg["epochs"])):
+        net.train()
+        order = torch.randperm(len(trn), generator=gen)
+        terms = []
+        for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs):
+            xb = trn[order[i:i + bs]]
+            xm = strega_net.context_masks(xb, cfg["max_squares"], max_size, gen)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
+                kl, l1, ce = strega_net.loss_terms(net, xb.to(device), xm.to(device))
+                loss = w[0] * kl + w[1] * l1 + w[2] * ce
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            terms.append([float(kl.detach()), float(l1.detach()), float(ce.detach()), float(loss.detach())])
+            steps += 1
+            if max_steps and steps >= max_steps:
+                break
+        vloss = _val_loss(net, val, w, gen, cfg["max_squares"], max_size, device)
+        t = np.mean(terms, 0)
+        history.append({"epoch": epoch + 1, "kl": t[0], "l1": t[1], "ce": t[2], "train_loss": t[3], "val_loss": vloss})
+        if vloss < best[0]:
+            best = (vloss, copy.deepcopy(net.state_dict()), epoch + 1)
+        elapsed = time.perf_counter() - t1
+        progress(0.3 + 0.65 * min(1.0, elapsed / budget), f"epoch {epoch + 1}: loss {t[3]:.2f} val {vloss:.2f}")
+        if elapsed > budget or (max_steps and steps >= max_steps):
+            break
+    train_s = time.perf_counter() - t1
+    net.load_state_dict(best[1])
+    state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
+             for k, v in net.state_dict().items()}  # float16 on disk; loaded back as float32
+    card = {
+        "detector": "strega", "config": request.config, "network": {**net_cfg, "channels": list(net_cfg["channels"]),
+                                                                     "input_size": list(net_cfg["input_size"])},
+        "modality": cfg["modality"], "canvas": list(cfg["canvas"]), "factor": int(cfg["factor"]),
+        "input": "tissue classes (EM + MRF, uad_label.tissue) in intensity order / 3",
+        "loss_weights": {"kl": w[0], "l1": w[1], "ce": w[2]}, "optimizer": "Adam", "lr": float(cfg["lr"]),
+        "batch_size": bs, "context_masks": {"max_squares": cfg["max_squares"], "max_size_px": max_size},
+        "augmentation": "MONAI RandBiasField, RandGaussianNoise, RandAdjustContrast, RandFlip, RandAffine "
+                        f"({cfg['augmented_copies']} augmented copies per case; no ghosting)",
+        "epochs_run": len(history), "steps": steps, "best_epoch": best[2], "best_val_loss": best[0],
+        "history": history, "seconds": {"prepare": round(prep_s, 1), "train": round(train_s, 1)},
+        "data": {"sources": [str(s) for s in request.data], "n_train_slices": len(trn), "n_val_slices": len(val),
+                 "val_cases": [names[i] for i in perm[:n_val]]},
+        "device": device, "seed": request.seed,
+        "software": {"torch": torch.__version__, "python": platform.python_version()},
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    path = save_state("strega", state, card, request.out_dir)
+    progress(1.0, f"saved {path}")
+    return {"weights": str(path), "epochs": len(history), "steps": steps, "best_epoch": best[2],
+            "best_val_loss": best[0], "train_seconds": round(train_s, 1), "n_train_slices": len(trn)}
+
+
+@torch.no_grad()
+def _val_loss(net, val, w, gen, max_squares, max_size, device) -> float:
+    net.eval()
+    total, n = 0.0, 0
+    for i in range(0, len(val), 64):
+        xb = val[i:i + 64]
+        xm = strega_net.context_masks(xb, max_squares, max_size, gen)
+        kl, l1, ce = strega_net.loss_terms(net, xb.to(device), xm.to(device))
+        total += float(w[0] * kl + w[1] * l1 + w[2] * ce) * len(xb)
+        n += len(xb)
+    return total / max(n, 1)
