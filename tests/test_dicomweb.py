@@ -14,7 +14,7 @@ import pytest
 import requests
 import SimpleITK as sitk
 
-from conftest import shared_path
+from shared_data import shared_path
 from server_fixture import Server
 from uad_label.dicom.orthanc import Orthanc, dicomweb_plugin, orthanc_binary
 
