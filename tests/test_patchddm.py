@@ -139,8 +139,10 @@ def test_tiny_train_then_segment_with_uncertainty(tiny_data, tmp_path, monkeypat
     det = PatchDDM()
     images = {m: tiny_data / "synth" / f"sub-001_{m}.nii.gz" for m in ("FLAIR", "T1", "T2")}
     calls = []
-    params = {"preprocessed": True, "steps": 2, "ensemble": 3, "members_per_batch": 2}
+    params = {"preprocessed": True, "steps": 2, "ensemble": 3, "members_per_batch": 2, "threads": 1}
+    threads = torch.get_num_threads()
     res = det.detect(images, params, progress=lambda f, m: calls.append((f, m)))
+    assert torch.get_num_threads() == threads  # the thread setting is restored
     unc = res.extras["uncertainty"]
     assert unc.GetPixelID() == sitk.sitkFloat32 and unc.GetSize() == (24, 24, 16)
     assert res.anomaly_map.GetPixelID() == sitk.sitkFloat32

@@ -36,6 +36,8 @@ class PatchDDM(Detector):
         Param("members_per_batch", 5, int, "ensemble members per network call (memory vs speed)", minimum=1,
               maximum=64),
         Param("device", "auto", str, "cpu, cuda or auto"),
+        Param("threads", 0, int, "CPU intra-op threads while sampling (0: torch's setting; 1 is fastest on a CPU "
+              "shared with other jobs)", minimum=0, maximum=256),
     )
 
     def __init__(self):
@@ -63,6 +65,17 @@ class PatchDDM(Detector):
 
     # ---------------------------------------------------------------- map
     def compute_map(self, case, params, progress):
+        import torch
+
+        before = torch.get_num_threads()
+        if params["threads"] > 0:
+            torch.set_num_threads(params["threads"])
+        try:
+            return self._compute_map(case, params, progress)
+        finally:
+            torch.set_num_threads(before)
+
+    def _compute_map(self, case, params, progress):
         import torch
         import torch.nn.functional as F
 

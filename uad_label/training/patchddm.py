@@ -29,11 +29,14 @@ CONFIGS = {
     # CPU demo: a tiny U-Net on 4 mm volumes (49 x 58 x 47 in template space), 24^3 crops (96 mm)
     "cpu": {"network": {"base_channels": 8, "channel_mult": [1, 2, 2, 4], "num_res_blocks": 1},
             "spacing_mm": 4.0, "crop": 24, "batch_size": 2, "lr": 1e-3, "steps": 4000, "max_minutes": 7.0,
-            "lesion_crop_fraction": 0.5, "min_real_cases": 4, "checkpoint": False},
+            "lesion_crop_fraction": 0.5, "min_real_cases": 4, "checkpoint": False,
+            # 1 intra-op thread: on a shared CPU, OpenMP threads spinning against other jobs made each
+            # step 6-30x slower (measured 0.42 s vs 2.8-13 s per step on the 2-core development box)
+            "threads": 1},
     # published: base 29, 7 levels, 128^3 crops at 1 mm, AdamW 1e-4 (GPU, bf16 autocast)
     "full": {"network": {"base_channels": 29, "channel_mult": [1, 3, 4, 4, 4, 4, 4], "num_res_blocks": 2},
              "spacing_mm": 1.0, "crop": 128, "batch_size": 1, "lr": 1e-4, "steps": 100000, "max_minutes": 600.0,
-             "lesion_crop_fraction": 0.0, "min_real_cases": 4, "checkpoint": True},
+             "lesion_crop_fraction": 0.0, "min_real_cases": 4, "checkpoint": True, "threads": 0},
 }
 MODALITIES = ("FLAIR", "T1", "T2")
 LIMITATIONS = {
@@ -44,7 +47,7 @@ LIMITATIONS = {
 }
 SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 OVERRIDABLE = {"steps", "lr", "batch_size", "crop", "spacing_mm", "max_minutes", "lesion_crop_fraction",
-               "min_real_cases", "holdout", "preprocessed", "network"}
+               "min_real_cases", "holdout", "preprocessed", "network", "threads"}
 
 
 # ----------------------------------------------------------------------------- inputs (shared with inference)
@@ -170,9 +173,6 @@ def crop_pad(t, start, crop: int):
 def train(request) -> dict:
     import torch
 
-    from ..diffusion import DiffusionSchedule
-    from ..networks.patchddm import build
-    from ..weights import save_state
     from . import resolve_device
 
     if request.config not in CONFIGS:
@@ -187,6 +187,20 @@ def train(request) -> dict:
     device = resolve_device(request.device)
     rng = np.random.default_rng(request.seed)
     torch.manual_seed(request.seed)
+    threads_before = torch.get_num_threads()
+    if int(cfg.get("threads") or 0) > 0 and not device.startswith("cuda"):
+        torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return _train(request, cfg, holdout, report, device, rng, torch)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(request, cfg, holdout, report, device, rng, torch) -> dict:
+    from ..diffusion import DiffusionSchedule
+    from ..networks.patchddm import build
+    from ..weights import save_state
+
     t0 = time.perf_counter()
 
     real, synthetic = labelled_cases(request.data, holdout)
@@ -268,7 +282,9 @@ def train(request) -> dict:
         "training": {"steps": step, "seconds": round(t_train, 1), "load_seconds": round(t_load, 1),
                      "device": device, "torch": torch.__version__, "seed": request.seed,
                      "loss_first_100": float(np.mean(losses[:100])) if losses else None,
-                     "loss_last_100": float(np.mean(losses[-100:])) if losses else None},
+                     "loss_last_100": float(np.mean(losses[-100:])) if losses else None,
+                     "loss_per_25_steps": [round(float(np.mean(losses[i:i + 25])), 4)
+                                           for i in range(0, len(losses), 25)]},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "limitations": LIMITATIONS.get(request.config, ""),
     }
