@@ -100,11 +100,17 @@ class Canvas:
 
 
 # --------------------------------------------------------------------------- residual + post-processing
+def canvas_filter_size(size_mm: int, factor: int) -> int:
+    """A filter of `size_mm` work (1 mm) voxels on a canvas downsampled by `factor`: the nearest odd size."""
+    return max(1, int(round(size_mm / factor)) | 1)
+
+
 def residual_map(image: torch.Tensor, recon: torch.Tensor, brain: torch.Tensor, mode: str = "abs",
                  healthy_mean: torch.Tensor | None = None, filter: str = "none", filter_size: int = 5):
     """Residual of `image` (..., X, Y, Z) vs its reconstruction through uad_kernels.error_map (in-brain,
     optionally minus the healthy mean residual, floored at 0), then a median filter or grey-scale
-    erosion (uad_kernels) of size `filter_size`. Returns (map (X, Y, Z), per-axial-slice mean)."""
+    erosion (uad_kernels) of size `filter_size` (in the voxels of `image`). Returns (map (X, Y, Z),
+    per-axial-slice mean)."""
     from uad_kernels import error_map, grey_erosion, median_filter
 
     img = image.reshape(1, *image.shape[-3:]).float()
@@ -133,7 +139,8 @@ RECON_PARAMS = (
           choices=("abs", "positive")),
     Param("filter", "median", str, "post-filter of the residual: median filter, grey-scale erosion or none",
           choices=("median", "erosion", "none")),
-    Param("filter_size", 5, int, "filter size in network voxels", minimum=1, maximum=15),
+    Param("filter_size", 5, int, "filter size in 1 mm voxels (on a canvas downsampled k times: the nearest odd "
+          "size / k)", minimum=1, maximum=15),
     Param("subtract_healthy_mean", False, bool,
           "subtract the mean residual of the healthy validation references (stored with the weights)"),
     Param("device", "auto", str, "where the network runs (auto = CUDA when available)",
@@ -209,7 +216,8 @@ class VolumeReconDetector(Detector):
         mean = state.get(f"extra.healthy_mean_{params['residual']}") if params["subtract_healthy_mean"] else None
         if params["subtract_healthy_mean"] and mean is None:
             raise ValueError(f"parameter 'subtract_healthy_mean': the weights of '{self.name}' hold no healthy mean")
-        m, _ = residual_map(xt, rec, bt, params["residual"], mean, params["filter"], params["filter_size"])
+        m, _ = residual_map(xt, rec, bt, params["residual"], mean, params["filter"],
+                            canvas_filter_size(params["filter_size"], card["factor"]))
         work = cv.to_work(m)
         work[~case.brain] = 0.0
         return work

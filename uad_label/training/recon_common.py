@@ -131,6 +131,8 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
             scaler.update()
             losses.append(float(loss.detach()))
             steps += 1
+            if time.perf_counter() - t1 > budget:
+                break
         val = _evaluate(net, x[val_idx], loss_fn, device, amp)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val})
         if val < best[0]:
@@ -144,7 +146,8 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     train_s = time.perf_counter() - t1
     net.load_state_dict(best[1])
     progress(0.92, "calibrating thresholds on the healthy validation volumes")
-    thresholds, means, cal_info = calibrate(net, x[val_idx], b[val_idx], device, float(cfg["threshold_percentile"]))
+    thresholds, means, cal_info = calibrate(net, x[val_idx], b[val_idx], device, float(cfg["threshold_percentile"]),
+                                            int(cfg["factor"]))
     # float16 on disk (the shipped files stay small); the detector loads them back as float32
     state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
              for k, v in net.state_dict().items()}
@@ -181,11 +184,11 @@ def _evaluate(net, x, loss_fn, device, amp) -> float:
 
 
 @torch.no_grad()
-def calibrate(net, x, b, device, percentile: float):
+def calibrate(net, x, b, device, percentile: float, factor: int = 1):
     """Default thresholds (the `percentile` of the in-brain map over the healthy validation volumes,
     for each calibrated combination of residual / filter / mean subtraction) and the healthy mean
     residual per residual mode (canvas space)."""
-    from ..detectors.recon_base import _threshold_key
+    from ..detectors.recon_base import _threshold_key, canvas_filter_size
 
     net.eval()
     recons = [net(v[None].to(device)).float().cpu() for v in x]
@@ -197,7 +200,7 @@ def calibrate(net, x, b, device, percentile: float):
     for mode, filt, size, minus in CALIBRATED:
         values = []
         for v, r, m in zip(x, recons, b):
-            mp, _ = residual_map(v, r, m, mode, means[mode] if minus else None, filt, size)
+            mp, _ = residual_map(v, r, m, mode, means[mode] if minus else None, filt, canvas_filter_size(size, factor))
             values.append(mp[m.reshape(mp.shape)].numpy())
         key = _threshold_key({"residual": mode, "filter": filt, "filter_size": size, "subtract_healthy_mean": minus})
         thresholds[key] = float(np.percentile(np.concatenate(values), percentile))
@@ -205,3 +208,24 @@ def calibrate(net, x, b, device, percentile: float):
             "note": "healthy mean residual from the validation volumes themselves, so 'minus_mean' thresholds "
                     "are optimistic (in-sample)"}
     return thresholds, means, info
+
+
+def recalibrate(name: str, network_module, data: list, out_dir=None, device: str = "cpu") -> dict:
+    """Recompute the calibration of saved weights (thresholds, healthy means) on the validation cases
+    named in their model card, found in `data`; the network weights are kept as they are."""
+    from ..detectors import get_detector
+    from ..weights import load_state, save_state
+
+    state, card = load_state(name)
+    net, _ = get_detector(name).model(device)
+    x, b, files = load_healthy_volumes(TrainRequest([Path(d) for d in data]), card["modality"], card["canvas"],
+                                       card["factor"])
+    keep = [i for i, f in enumerate(files) if Path(f).name in set(card["data"]["val_cases"])]
+    if not keep:
+        raise ValueError(f"data: none of the validation cases {card['data']['val_cases']} found in {data}")
+    thresholds, means, info = calibrate(net, x[keep], b[keep], device, card["threshold_percentile"], card["factor"])
+    state = {k: v for k, v in state.items() if not k.startswith("extra.")}
+    state.update({f"extra.healthy_mean_{m}": v.half() for m, v in means.items()})
+    card.update(thresholds=thresholds, calibration=info)
+    save_state(name, state, card, out_dir)
+    return thresholds

@@ -138,7 +138,7 @@ def train(request: TrainRequest) -> dict:
             scaler.update()
             terms.append([float(kl.detach()), float(l1.detach()), float(ce.detach()), float(loss.detach())])
             steps += 1
-            if max_steps and steps >= max_steps:
+            if (max_steps and steps >= max_steps) or time.perf_counter() - t1 > budget:
                 break
         vloss = _val_loss(net, val, w, gen, cfg["max_squares"], max_size, device)
         t = np.mean(terms, 0)
