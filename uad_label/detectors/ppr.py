@@ -274,6 +274,7 @@ class PatchPositionRegression(Detector):
 
         from ..training import resolve_device
 
+        t_begin = time.perf_counter()
         reg = getattr(case, "registration", {}) or {}
         if not reg.get("passed", True):
             raise ValueError("ppr: the scan failed its registration to the MNI152 template "
@@ -295,10 +296,12 @@ class PatchPositionRegression(Detector):
             mode = "exact" if device.type == "cuda" else "coarse"
         t0 = time.perf_counter()
         image = torch.from_numpy(intensity_input(case, mods)).to(device)
+        t_input = time.perf_counter() - t0
         m, b = unit_affine(case.affine)
         bbox = brain_bbox(case.brain)
         brain_t = torch.from_numpy(case.brain).to(device)
-        stats = {"mode": mode, "device": str(device)}
+        stats = {"mode": mode, "device": str(device), "model_seconds": round(t0 - t_begin, 3),
+                 "input_seconds": round(t_input, 3)}
         if mode == "exact":
             emap = exact_map(net, image, m, b, bbox, device, progress=progress,
                              slab_voxels=32_000_000 if device.type == "cuda" else 2_000_000)
@@ -321,7 +324,10 @@ class PatchPositionRegression(Detector):
         emap = torch.where(brain_t, emap, torch.zeros((), device=device))
         stats["map_seconds"] = round(time.perf_counter() - t0, 3)
         out = emap.cpu().numpy().astype(np.float32)
-        _local.extra = {"ppr": stats, "region_scores": hemisphere_scores(out, case.brain, case.affine)}
+        t1 = time.perf_counter()
+        regions = hemisphere_scores(out, case.brain, case.affine)
+        stats["regions_seconds"] = round(time.perf_counter() - t1, 3)
+        _local.extra = {"ppr": stats, "region_scores": regions}
         return out
 
     def default_threshold(self, work_map, case, params):
