@@ -34,7 +34,7 @@ class Server:
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {log.read_text()[-3000:]}")
+                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {log.read_text(encoding='utf-8')[-3000:]}")
             try:
                 if requests.get(self.url + "/info/", timeout=2).status_code == 200:
                     return
@@ -42,7 +42,7 @@ class Server:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"server did not answer within 180 s; log: {log.read_text()[-3000:]}")
+        raise RuntimeError(f"server did not answer within 180 s; log: {log.read_text(encoding='utf-8')[-3000:]}")
 
     def alive(self) -> bool:
         return requests.get(self.url + "/info/", timeout=10).status_code == 200

@@ -98,7 +98,7 @@ def test_datastore_json_is_replaced_atomically_under_concurrent_updates(store, t
     for t in threads:
         t.join()
     assert not errors
-    data = json.loads((tmp_path / "datastore_v2.json").read_text())
+    data = json.loads((tmp_path / "datastore_v2.json").read_text(encoding="utf-8"))
     counts = data["objects"]["a_FLAIR"]["image"]["info"]["counts"]
     assert counts == {f"w{n}": 29 for n in range(6)}  # no lost update
     # a second datastore object (another process) sees the same state
@@ -114,4 +114,4 @@ def test_corrupt_datastore_json_is_moved_aside_and_rebuilt(tmp_path):
     ds = SafeLocalDatastore(str(tmp_path), extensions=["*.nii.gz"])
     assert ds.list_images() == ["x_FLAIR"]
     assert list(tmp_path.glob("datastore_v2.json.corrupt-*"))
-    json.loads((tmp_path / "datastore_v2.json").read_text())
+    json.loads((tmp_path / "datastore_v2.json").read_text(encoding="utf-8"))

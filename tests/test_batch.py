@@ -25,13 +25,13 @@ def test_batch_outputs_resume_and_failure(tmp_path):
         for f in ("map.nii.gz", "mask.nii.gz", "result.json", "report.png"):
             assert (out / c / f).is_file(), (c, f)
         assert sitk.ReadImage(str(out / c / "map.nii.gz")).GetPixelID() == sitk.sitkFloat32
-    err = json.loads((out / "bad" / "error.json").read_text())
+    err = json.loads((out / "bad" / "error.json").read_text(encoding="utf-8"))
     assert "brain" in err["error"]
     rows = list(csv.DictReader(open(out / "summary.csv")))
     assert [r["case"] for r in rows] == ["c0", "c1", "bad"]  # ranked by score, failures last
     assert rows[0]["status"] == "ok" and float(rows[0]["image_score"]) > float(rows[1]["image_score"])
     assert rows[2]["status"] == "failed" and rows[2]["error"]
-    assert (out / "overview.png").is_file() and "c0/report.png" in (out / "index.html").read_text()
+    assert (out / "overview.png").is_file() and "c0/report.png" in (out / "index.html").read_text(encoding="utf-8")
     # resume: finished cases are skipped, the failed one is tried again
     mtime = (out / "c0" / "result.json").stat().st_mtime
     main(["batch", "flair_threshold", str(src), "--preprocessed", "--out", str(out)])

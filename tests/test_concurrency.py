@@ -92,7 +92,7 @@ def test_eight_clients_infer_and_save_labels(tmp_path):
               f"({len(latencies)} polls)")
         assert not failures, failures[:5]
         assert p99 < 0.2, f"/info p99 {p99 * 1000:.0f} ms under load"
-        data = json.loads((studies / "datastore_v2.json").read_text())  # valid JSON
+        data = json.loads((studies / "datastore_v2.json").read_text(encoding="utf-8"))  # valid JSON
         for c in range(CLIENTS):
             labels = data["objects"][f"c{c}_FLAIR"]["labels"]
             for k in range(SAVES):
@@ -138,7 +138,7 @@ def test_kill_9_during_label_saves_leaves_a_datastore_that_loads(tmp_path):
     server.log.close()
     assert len(saved) >= 20, "label saves did not get going before the kill"
 
-    data = json.loads((studies / "datastore_v2.json").read_text())
+    data = json.loads((studies / "datastore_v2.json").read_text(encoding="utf-8"))
     from uad_label.active.datastore import SafeLocalDatastore
 
     ds = SafeLocalDatastore(str(studies), extensions=["*.nii.gz"])

@@ -27,7 +27,7 @@ def test_reference_numbers_on_mslub_patient26(patient26, tmp_path):
     assert m["dsc_upper"] == pytest.approx(0.463, abs=0.003)
     assert m["auprc"] == pytest.approx(0.248, abs=0.002)
     assert m["auroc"] == pytest.approx(0.992, abs=0.001)
-    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
     for key in ("dsc_upper", "auprc", "auroc", "cases", "seconds", "per_case"):
         assert key in saved
     assert saved["cases"] == 1 and saved["per_case"][0]["case"] == "patient26"
@@ -48,7 +48,7 @@ def test_evaluate_cli_prints_table_and_writes_outputs(tmp_path):
     r = uad("evaluate", "flair_threshold", str(tmp_path / "cases"), "--preprocessed", "--out", str(tmp_path / "o"))
     assert r.returncode == 0, r.stderr
     assert "pooled over 2 case(s)" in r.stdout and "case1" in r.stdout
-    m = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text(encoding="utf-8"))
     assert m["cases"] == 2 and 0 < m["dsc_upper"] <= 1 and m["auroc"] > 0.9  # the blob is bright
     assert len(m["per_case"]) == 2
 
@@ -85,7 +85,7 @@ def test_detect_cli_writes_float_map_mask_and_json(tmp_path):
     assert r.returncode == 0, r.stderr
     amap = sitk.ReadImage(str(tmp_path / "out" / "map.nii.gz"))
     mask = sitk.ReadImage(str(tmp_path / "out" / "mask.nii.gz"))
-    info = json.loads((tmp_path / "out" / "result.json").read_text())
+    info = json.loads((tmp_path / "out" / "result.json").read_text(encoding="utf-8"))
     assert amap.GetPixelID() == sitk.sitkFloat32 and amap.GetSize() == img.GetSize()
     assert np.allclose(amap.GetDirection(), img.GetDirection()) and np.allclose(amap.GetOrigin(), img.GetOrigin())
     assert info["threshold"] == 0.95 and info["components"]

@@ -234,7 +234,7 @@ def test_stock_monailabel_start_server_still_serves_the_app(studies, tmp_path):
                     break
             except requests.RequestException:
                 time.sleep(0.5)
-        assert proc.poll() is None, (tmp_path / "stock.log").read_text()[-2000:]
+        assert proc.poll() is None, (tmp_path / "stock.log").read_text(encoding="utf-8")[-2000:]
         info = requests.get(url + "/info/", timeout=10).json()
         assert "flair_threshold" in info["models"]
         r = requests.post(url + "/infer/flair_threshold", params={"image": "case01_FLAIR", "output": "json"},

@@ -45,7 +45,7 @@ def test_cmake_standalone_configure_and_install(tmp_path):
 
 
 def test_cmake_lists_every_module_file():
-    text = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "AnomalyReview")
+    text = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "AnomalyReview")
     for f in module_files():
         assert f in text, f"{f} is not listed in slicer_extension/AnomalyReview/CMakeLists.txt"
 
@@ -81,5 +81,5 @@ def test_module_file_structure_with_slicer_stand_ins(monkeypatch):
         assert callable(getattr(mod.AnomalyReviewLogic, name)), name
     for name in ("test_display_pipeline", "test_server_flow", "runTest"):
         assert callable(getattr(mod.AnomalyReviewTest, name))
-    src = (MODULE_DIR / "AnomalyReview.py").read_text()
+    src = (MODULE_DIR / "AnomalyReview.py").read_text(encoding="utf-8")
     assert "import requests" not in src and "import cgi" not in src and "torchvision" not in src

@@ -113,7 +113,7 @@ def test_write_sample_data_layout_manifest_and_determinism(tmp_path):
     m2 = write_sample_data(tmp_path / "b", n_healthy=1, n_lesion=2, seed=3, downsample=DS, progress=False)
     a = tmp_path / "a"
     assert (a / MARKER).is_file() and not (a / ".tmp").exists()
-    assert json.loads((a / MANIFEST).read_text()) == m1 == m2
+    assert json.loads((a / MANIFEST).read_text(encoding="utf-8")) == m1 == m2
     assert [c["id"] for c in m1["cases"]] == ["sub-000", "sub-001", "sub-002"]
     assert [c["healthy"] for c in m1["cases"]] == [False, True, False]
     top = sorted(p.name for p in a.glob("*.nii.gz"))

@@ -44,7 +44,7 @@ def load_state(name: str, map_location="cpu") -> tuple[dict, dict]:
                              f"train it with `uad train {name} --data DATASTORE` or set UAD_WEIGHTS_DIR")
     state = torch.load(path, map_location=map_location, weights_only=True)
     card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.exists() else {}
     return state, card
 
 

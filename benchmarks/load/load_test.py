@@ -89,7 +89,7 @@ def main() -> int:
         wall = time.perf_counter() - t0
     finally:
         server.stop()
-    data = json.loads((studies / "datastore_v2.json").read_text())
+    data = json.loads((studies / "datastore_v2.json").read_text(encoding="utf-8"))
     missing = [s for s in saves if s[1] not in data["objects"][f"c{s[0]}_FLAIR"]["labels"]]
     pct = lambda a, q: round(1000 * float(np.percentile(a, q)), 1)  # noqa: E731
     res = {"clients": args.clients, "requests_per_client": args.requests, "shape": list(args.shape),

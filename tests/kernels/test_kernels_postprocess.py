@@ -78,7 +78,7 @@ def test_rawkernel_source_compiles_with_nvcc(tmp_path):
     res = subprocess.run(["nvcc", "--ptx", "-arch=sm_90", "-o", str(tmp_path / "k.ptx"), str(src)],
                          capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr
-    assert ".entry masked_histogram" in (tmp_path / "k.ptx").read_text()
+    assert ".entry masked_histogram" in (tmp_path / "k.ptx").read_text(encoding="utf-8")
 
 
 @pytest.mark.gpu

@@ -120,7 +120,7 @@ def run_batch(detector: str, input_dir: str | Path, out_dir: str | Path, params:
         case_dir = out / _safe_name(case.case_id)
         if not force and finished(case_dir):
             try:
-                info = json.loads((case_dir / "result.json").read_text())
+                info = json.loads((case_dir / "result.json").read_text(encoding="utf-8"))
                 rows.append(_row(case.case_id, info, skipped=True))
                 if bar:
                     bar.update(1)

@@ -63,7 +63,7 @@ class Orthanc:
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited: {(self.dir / 'orthanc.log').read_text()[-2000:]}")
+                raise RuntimeError(f"Orthanc exited: {(self.dir / 'orthanc.log').read_text(encoding='utf-8')[-2000:]}")
             try:
                 if requests.get(self.url + "/system", timeout=2).ok:
                     return

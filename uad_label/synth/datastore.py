@@ -169,7 +169,7 @@ def read_manifest(out_dir) -> dict:
     p = Path(out_dir) / MANIFEST
     if not p.is_file():
         raise ValueError(f"no {MANIFEST} in {out_dir}")
-    return json.loads(p.read_text())
+    return json.loads(p.read_text(encoding="utf-8"))
 
 
 def is_complete(out_dir) -> bool:

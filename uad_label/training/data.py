@@ -26,11 +26,11 @@ def healthy_cases(source: str | Path, modalities=("FLAIR",)) -> list[dict[str, P
     manifest = root / "manifest.json"
     healthy_ids: set[str] | None = None
     if manifest.exists():
-        healthy_ids = {c["id"] for c in json.loads(manifest.read_text()).get("cases", []) if c.get("healthy")}
+        healthy_ids = {c["id"] for c in json.loads(manifest.read_text(encoding="utf-8")).get("cases", []) if c.get("healthy")}
     elif (root / "healthy.txt").exists():
-        healthy_ids = {l.strip() for l in (root / "healthy.txt").read_text().splitlines() if l.strip()}
+        healthy_ids = {l.strip() for l in (root / "healthy.txt").read_text(encoding="utf-8").splitlines() if l.strip()}
     elif (root / "datastore_v2.json").exists():
-        objects = json.loads((root / "datastore_v2.json").read_text()).get("objects", {})
+        objects = json.loads((root / "datastore_v2.json").read_text(encoding="utf-8")).get("objects", {})
         healthy_ids = set()
         for image_id, obj in objects.items():
             if obj.get("image", {}).get("info", {}).get("healthy"):
