@@ -137,7 +137,7 @@ def tiny_weights(tmp_path_factory):
 def test_training_writes_weights_and_card(tiny_weights):
     tmp, summary = tiny_weights
     for sampling in ("uniform", "crops"):
-        card = json.loads((tmp / sampling / "ppr.json").read_text())
+        card = json.loads((tmp / sampling / "ppr.json").read_text(encoding="utf-8"))
         assert card["steps"] == 3 and card["settings"]["sampling"] == sampling
         assert card["network"]["width"] == 2 and card["modalities"] == ["FLAIR"]
         assert np.isfinite(card["final_train_loss"]) and card["healthy_error_mm"]["q99.9"] > 0
