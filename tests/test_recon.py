@@ -122,7 +122,7 @@ def test_volume_autoencoder_trains_serves_and_checks(tmp_path, no_package_weight
     overrides = {**TINY[name], "canvas": [16, 16, 16], "factor": 2, "epochs": 2, "batch_size": 2}
     summary = get_trainer(name)(TrainRequest([ds], "cpu", no_package_weights, "cpu", overrides))
     assert summary["epochs"] == 2 and np.isfinite(summary["best_val_loss"])
-    card = json.loads((no_package_weights / f"{name}.json").read_text())
+    card = json.loads((no_package_weights / f"{name}.json").read_text(encoding="utf-8"))
     assert card["detector"] == name and card["data"]["n_val"] == 1 and card["data"]["n_train"] == 2
     assert "abs/median5/raw" in card["thresholds"] and card["loss"] == ("l1" if name == "baur_ae" else "mse")
     det = get_detector(name)
@@ -160,7 +160,7 @@ def test_untrained_detectors_say_so(no_package_weights):
 def test_bad_overrides_and_canvas(tmp_path, no_package_weights):
     ds = _datastore(tmp_path / "ds", "FLAIR")
     with pytest.raises(ValueError, match="unknown setting"):
-        get_trainer("baur_ae")(TrainRequest([ds], "cpu", no_package_weights, "cpu", {"epochz": 1}))
+        get_trainer("baur_ae")(TrainRequest([ds], "cpu", no_package_weights, "cpu", {"epochz": 1, "steps": 1}))
     with pytest.raises(ValueError, match="divisible by 16"):
         get_trainer("ae3d")(TrainRequest([ds], "cpu", no_package_weights, "cpu", {**TINY["ae3d"], "canvas": [20, 16, 16],
                                                                                   "network": {"channels": [2] * 4}}))
@@ -171,7 +171,7 @@ def test_strega_trains_and_default_threshold_is_otsu_with_area_opening(tmp_path,
     overrides = {**TINY["strega"], "canvas": [16, 16, 16], "factor": 2, "epochs": 1}
     summary = get_trainer("strega")(TrainRequest([ds], "cpu", no_package_weights, "cpu", overrides))
     assert summary["steps"] >= 1 and np.isfinite(summary["best_val_loss"])
-    card = json.loads((no_package_weights / "strega.json").read_text())
+    card = json.loads((no_package_weights / "strega.json").read_text(encoding="utf-8"))
     assert card["loss_weights"] == {"kl": 0.5, "l1": 0.01, "ce": 1.0} and card["modality"] == "T2"
     det = get_detector("strega")
     img = tissue_phantom(seed=5, lesion=True)

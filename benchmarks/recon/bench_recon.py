@@ -68,20 +68,26 @@ def main() -> int:
         results.append(r)
         print(name, {k: v for k, v in r.items() if k != "runs"}, flush=True)
     env = environment()
+    previous = HERE / f"results_{args.device}.json"
+    if previous.exists():  # keep the other detectors' rows (each row carries its own environment)
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        results = [r for r in old["results"] if r["detector"] not in args.detectors] + results
+    for r in results:
+        r.setdefault("environment", env)
     out = {"environment": env, "case": args.case, "volume": "182x218x182 (FSL MNI 1 mm), template-space input",
            "device": args.device, "repeats": args.repeats, "results": results}
     (HERE / f"results_{args.device}.json").write_text(json.dumps(out, indent=2))
     lines = [f"# Reconstruction detectors: inference per 182x218x182 volume ({args.device})", "",
              f"{env['date']}, {env['processor']}, {env['cpus']} CPUs, load average {env['load_average_1min']:.1f}, "
              f"torch {env['torch']}, device {env['device']}", "",
-             "| detector | first call s | detect s (median) | total s (median) | peak RSS MB | peak CUDA MB |",
-             "|---|---|---|---|---|---|"]
+             "| detector | first call s | detect s (median) | total s (median) | peak RSS MB | peak CUDA MB | load avg |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['detector']} | error | | | | |")
             continue
         lines.append(f"| {r['detector']} | {r['first_call_s']} | {r['detect_median_s']:.2f} | {r['total_median_s']:.2f} | "
-                     f"{r['peak_rss_mb']} | {r.get('peak_cuda_mb', '-')} |")
+                     f"{r['peak_rss_mb']} | {r.get('peak_cuda_mb', '-')} | {r['environment']['load_average_1min']:.1f} |")
     (HERE / f"results_{args.device}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

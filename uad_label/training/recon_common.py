@@ -32,7 +32,7 @@ def is_template_space(source: Path) -> bool:
     manifest = Path(source) / "manifest.json"
     if manifest.exists():
         try:
-            return json.loads(manifest.read_text()).get("geometry") == "template"
+            return json.loads(manifest.read_text(encoding="utf-8")).get("geometry") == "template"
         except (ValueError, OSError):
             return False
     return False
@@ -81,7 +81,7 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     from ..weights import save_state
 
     cfg = {**defaults["common"], **defaults[request.config]}
-    unknown = sorted(set(request.overrides) - set(cfg) - {"preprocessed", "max_cases"})
+    unknown = sorted(set(request.overrides) - set(cfg) - {"preprocessed", "max_cases", "steps"})
     if unknown:
         raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(cfg)}")
     cfg.update({k: v for k, v in request.overrides.items() if k in cfg})
@@ -116,6 +116,7 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     t1 = time.perf_counter()
     budget = float(cfg["max_minutes"]) * 60
     epochs = int(cfg["epochs"])
+    max_steps = int(request.overrides.get("steps", 0)) or None  # the MONAI Label train task may pass it
     steps = 0
     for epoch in range(epochs):
         net.train()
@@ -131,7 +132,7 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
             scaler.update()
             losses.append(float(loss.detach()))
             steps += 1
-            if time.perf_counter() - t1 > budget:
+            if time.perf_counter() - t1 > budget or (max_steps and steps >= max_steps):
                 break
         val = _evaluate(net, x[val_idx], loss_fn, device, amp)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val})
@@ -140,6 +141,8 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
         elapsed = time.perf_counter() - t1
         progress(0.1 + 0.8 * min(1.0, max((epoch + 1) / epochs, elapsed / budget)),
                  f"epoch {epoch + 1}: train {np.mean(losses):.4f} val {val:.4f}")
+        if max_steps and steps >= max_steps:
+            break
         if elapsed > budget:
             log.info("%s: time budget of %.1f min reached after %d epochs", name, budget / 60, epoch + 1)
             break
