@@ -109,13 +109,13 @@ def test_upload_runs_a_scan_that_is_not_in_the_datastore(server, studies, tmp_pa
 
 
 def _bad_upload(tmp_path: Path, kind: str) -> Path:
-    # NaN goes in an .mha: SimpleITK's NIfTI reader itself turns NaN into 0
+    # "nan" is an .mha, "nan_nifti" a NIfTI (ITK's NIfTI reader alone would turn NaN into 0)
     p = tmp_path / (f"{kind}.mha" if kind == "nan" else f"{kind}.nii.gz")
     if kind == "garbage":
         p.write_bytes(b"this is not an image")
     elif kind == "2d":
         sitk.WriteImage(sitk.Image(20, 20, sitk.sitkFloat32), str(p))
-    elif kind == "nan":
+    elif kind in ("nan", "nan_nifti"):
         img, _ = brain_phantom(seed=2)
         a = sitk.GetArrayFromImage(img)
         a[5, 5, 5] = np.nan
@@ -139,6 +139,7 @@ def _bad_upload(tmp_path: Path, kind: str) -> Path:
     ("garbage", 415, "could not read"),
     ("2d", 422, "3D"),
     ("nan", 422, "NaN"),
+    ("nan_nifti", 422, "NaN"),
     ("empty", 422, "brain"),
 ])
 def test_bad_input_is_4xx_json_server_stays_up_datastore_unchanged(server, studies, tmp_path, case, status, needle):

@@ -131,7 +131,23 @@ def load_image(path: str | os.PathLike, series_id: str | None = None) -> sitk.Im
         raise ValueError(f"{p}: image is {dim}D with size {image.GetSize()}; a 3D volume is needed")
     if min(image.GetSize()) < 2:
         raise ValueError(f"{p}: image size {image.GetSize()} is a single slice; a 3D volume is needed")
+    if not p.is_dir() and image_extension(p) in (".nii", ".nii.gz"):
+        _refuse_nifti_nan(p)
     return image
+
+
+def _refuse_nifti_nan(path: Path) -> None:
+    """ITK's NIfTI reader turns NaN voxels into 0 without a word; a scan with NaN is broken input
+    and is refused. Only float NIfTI files can hold NaN, so integer scans cost nothing here."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(path))
+    if not np.issubdtype(img.get_data_dtype(), np.floating):
+        return
+    n = int(np.isnan(np.asarray(img.dataobj)).sum())
+    if n:
+        raise ValueError(f"{path}: {n} voxel(s) are NaN; expected finite intensities (fix or mask the scan)")
 
 
 def save_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
