@@ -131,7 +131,7 @@ def test_tiny_train_then_segment_with_uncertainty(tiny_data, tmp_path, monkeypat
         [tiny_data / "synth"], "cpu", out, "cpu",
         {"steps": 3, "crop": 8, "spacing_mm": 2.0, "batch_size": 2, "network": TINY, "preprocessed": True}))
     assert summary["steps"] == 3 and summary["source"] == "synthetic" and (out / "patchddm.pt").exists()
-    card = json.loads((out / "patchddm.json").read_text())
+    card = json.loads((out / "patchddm.json").read_text(encoding="utf-8"))
     assert card["spacing_mm"] == 2.0 and card["data"]["cases"] == ["sub-000", "sub-001"]
     assert card["schedule"] == {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02}
 
@@ -175,3 +175,18 @@ def test_bf16_channels_last_forward_close_to_fp32():
         with torch.autocast("cuda", dtype=torch.bfloat16):
             out = net_cl(x.contiguous(memory_format=torch.channels_last_3d), t).float()
     assert (out - ref).abs().mean() < 0.05 * ref.abs().mean() + 1e-3
+
+
+def test_shipped_demo_weights_load_with_their_card():
+    from uad_label.networks.patchddm import build
+    from uad_label.weights import PACKAGE_WEIGHTS
+
+    path = PACKAGE_WEIGHTS / "patchddm.pt"
+    if not path.exists():
+        pytest.skip(f"no demo weights at {path}")
+    card = json.loads(path.with_suffix(".json").read_text())
+    for key in ("network", "schedule", "spacing_mm", "modalities", "data", "training", "limitations", "metrics"):
+        assert key in card, key
+    net = build(card["network"])
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # strict: every tensor matches
+    assert path.stat().st_size < 8 * 2**20
