@@ -10,7 +10,8 @@ class DetectorInfer(InferTask):
         det = get_detector(name)
         self.name = name
         info = det.info()
-        super().__init__(type=det.task_type, labels=["anomaly"], dimension=3, description=det.description,
+        labels = ["lesion"] if det.task_type == "segmentation" else ["anomaly"]
+        super().__init__(type=det.task_type, labels=labels, dimension=3, description=det.description,
                          config={k: v["default"] for k, v in info["params"].items()})
         self._detector_info = info
 

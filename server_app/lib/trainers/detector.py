@@ -17,6 +17,6 @@ class DetectorTrain(TrainTask):
 
     def __call__(self, request, datastore):
         source = Path(datastore.datastore_path)
-        overrides = {k: v for k, v in request.items() if k in ("epochs", "steps", "lr", "batch_size")}
+        overrides = {k: v for k, v in request.items() if k in ("epochs", "steps", "lr", "batch_size", "holdout", "threads")}
         return train(self.name, TrainRequest([source], request.get("config", "cpu"), Path(self.out_dir),
                                              request.get("device", "auto"), overrides))
