@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -16,6 +17,17 @@ from .params import COMMON_PARAMS, Param, validate
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
+
+
+@dataclass
+class MapOutput:
+    """What compute_map may return instead of a bare map: JSON to merge into the result's info,
+    and further work-space float maps (the segmenter's uncertainty) that go back to the native grid
+    as result extras."""
+
+    map: np.ndarray
+    info: dict = field(default_factory=dict)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Detector(ABC):
@@ -59,8 +71,13 @@ class Detector(ABC):
         return out
 
     @abstractmethod
-    def compute_map(self, case, params: dict, progress: Progress) -> np.ndarray:
-        """Anomaly map in the work grid of `case` (a PreprocessedCase), float32, higher = more abnormal."""
+    def compute_map(self, case, params: dict, progress: Progress) -> np.ndarray | MapOutput:
+        """Anomaly map in the work grid of `case` (a PreprocessedCase), float32, higher = more abnormal
+        (or a MapOutput carrying extra JSON and extra maps)."""
+
+    def finalize(self, result: DetectionResult, case, params: dict) -> None:
+        """Hook after the result is built in the native grid (e.g. per-finding statistics of an
+        extra map). The default does nothing."""
 
     @abstractmethod
     def default_threshold(self, work_map: np.ndarray, case, params: dict) -> tuple[float, str]:
@@ -81,7 +98,7 @@ class Detector(ABC):
     def detect(self, images: Mapping[str, sitk.Image | str | Path], params: Mapping | None = None,
                progress: Progress | None = None, brain_mask: sitk.Image | None = None) -> DetectionResult:
         from ..io import load_image
-        from ..preprocess import PreprocessOptions, preprocess
+        from ..preprocess import PreprocessOptions, RegistrationError, preprocess
 
         report = progress or (lambda f, m: log.info("[%s] %3.0f%% %s", self.name, 100 * f, m))
         timings: dict[str, float] = {}
@@ -96,13 +113,22 @@ class Detector(ABC):
         t = time.perf_counter()
         options = PreprocessOptions(preprocessed=p["preprocessed"], bias_correction=p["bias_correction"],
                                     brain_mask=brain_mask)
-        case = preprocess(loaded, options, reference=self.modalities[0])
+        try:
+            case = preprocess(loaded, options, reference=self.modalities[0])
+        except RegistrationError as exc:  # no meaningful map from a scan that is not in template space
+            metrics = {k: v for k, v in getattr(exc, "metrics", {}).items()
+                       if k in ("mutual_information", "brain_in_head", "fov_coverage")}
+            raise ValueError(f"{self.name}: refused, the scan failed its registration to the MNI152 template "
+                             f"({exc}); metrics: {metrics}") from exc
         timings["preprocess"] = time.perf_counter() - t
         timings.update({f"preprocess.{k}": v for k, v in getattr(case, "timings", {}).items()})
 
         report(0.3, "computing the anomaly map")
         t = time.perf_counter()
-        work_map = np.asarray(self.compute_map(case, p, lambda f, m: report(0.3 + 0.5 * f, m)), np.float32)
+        out = self.compute_map(case, p, lambda f, m: report(0.3 + 0.5 * f, m))
+        if not isinstance(out, MapOutput):
+            out = MapOutput(out)
+        work_map = np.asarray(out.map, np.float32)
         if work_map.shape != case.brain.shape:
             raise RuntimeError(f"{self.name}: map shape {work_map.shape} != work grid {case.brain.shape}")
         timings["detect"] = time.perf_counter() - t
@@ -116,10 +142,14 @@ class Detector(ABC):
         native_map = sitk.Cast(case.to_native(work_map, interpolation="linear"), sitk.sitkFloat32)
         native_brain = case.to_native(case.brain.astype(np.uint8), interpolation="nearest")
         mask, info = summarise(native_map, native_brain, threshold, p["min_component_mm3"], p["connectivity"])
+        extras = {name: sitk.Cast(case.to_native(np.asarray(a, np.float32), interpolation="linear"), sitk.sitkFloat32)
+                  for name, a in out.extras.items()}
         timings["postprocess"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         report(1.0, "done")
         info = {"detector": self.name, **info, "threshold_source": source,
                 "params": p, "latencies": {k: round(v, 4) for k, v in timings.items()},
-                "preprocessing": getattr(case, "registration", {})}
-        return DetectionResult(native_map, mask, info, brain=sitk.Cast(native_brain, sitk.sitkUInt8))
+                "preprocessing": getattr(case, "registration", {}), **out.info}
+        result = DetectionResult(native_map, mask, info, extras, brain=sitk.Cast(native_brain, sitk.sitkUInt8))
+        self.finalize(result, case, p)
+        return result

@@ -4,13 +4,12 @@ different noise gives the mean (the map; segmentation at 0.5) and the normalised
 `uncertainty` extra map). Trained on approved labels (see uad_label.training.patchddm)."""
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 import SimpleITK as sitk
 
-from .base import Detector
+from .base import Detector, MapOutput
 from .params import Param
 
 DEFAULT_THRESHOLD = 0.5
@@ -41,7 +40,6 @@ class PatchDDM(Detector):
     )
 
     def __init__(self):
-        self._local = threading.local()
         self._model_cache = None
 
     # ---------------------------------------------------------------- model
@@ -83,7 +81,6 @@ class PatchDDM(Detector):
         from ..networks.patchddm import coordinate_channels
         from ..training import resolve_device
         from ..training.patchddm import model_grid_shape, pad_to, scale_modalities, to_model_grid
-        self._local.pending = None
         device = resolve_device(params["device"])
         cuda = device.startswith("cuda")
         model, card = self._model(device)
@@ -130,41 +127,30 @@ class PatchDDM(Detector):
         maps = maps[0].cpu().numpy().astype(np.float32)
         maps[:, ~case.brain] = 0.0
         steps_s = np.diff([t_start] + step_times) if step_times else np.array([])
-        self._local.pending = {
-            "case": case, "uncertainty": maps[1],
-            "info": {"steps": params["steps"], "ensemble": n, "model_spacing_mm": float(card["spacing_mm"]),
-                     "model_grid": list(size), "device": device, "precision": "bf16" if cuda else "fp32",
-                     "isolated_voxels_removed": removed,
-                     "seconds_per_network_call": float(np.median(steps_s)) if len(steps_s) else None,
-                     "sampling_seconds": round(t_sample, 4), "weights_config": card.get("config")},
-        }
-        return maps[0]
+        info = {"steps": params["steps"], "ensemble": n, "model_spacing_mm": float(card["spacing_mm"]),
+                "model_grid": list(size), "device": device, "precision": "bf16" if cuda else "fp32",
+                "isolated_voxels_removed": removed,
+                "seconds_per_network_call": float(np.median(steps_s)) if len(steps_s) else None,
+                "sampling_seconds": round(t_sample, 4), "weights_config": card.get("config")}
+        return MapOutput(maps[0], info=info, extras={"uncertainty": maps[1]})
 
     def default_threshold(self, work_map, case, params):
         return DEFAULT_THRESHOLD, "default: 0.5 on the ensemble mean (majority of samples)"
 
     # ---------------------------------------------------------------- result with the uncertainty map
-    def detect(self, images, params=None, progress=None, brain_mask=None):
-        result = super().detect(images, params, progress, brain_mask)
-        pending = getattr(self._local, "pending", None)
-        self._local.pending = None
-        if pending is None:
-            raise RuntimeError("patchddm: the uncertainty map of this request is missing")
+    def finalize(self, result, case, params):
+        """Uncertainty summaries: over the brain, and per finding."""
         t = time.perf_counter()
-        case = pending["case"]
-        unc = sitk.Cast(case.to_native(pending["uncertainty"], interpolation="linear"), sitk.sitkFloat32)
-        brain = sitk.GetArrayViewFromImage(case.brain_native()) > 0
+        unc = result.extras["uncertainty"]
+        brain = sitk.GetArrayViewFromImage(result.brain) > 0
         u = sitk.GetArrayViewFromImage(unc)
         info = result.info
-        info.update(pending["info"])
         info["mean_uncertainty"] = float(u[brain].mean()) if brain.any() else 0.0
         info["uncertain_volume_ml"] = float(u[brain].sum() * np.prod(unc.GetSpacing()) / 1000.0)
         add_component_uncertainty(info["components"], sitk.GetArrayViewFromImage(result.mask) > 0, u,
                                   info["connectivity"])
-        info["latencies"]["sampling"] = pending["info"]["sampling_seconds"]
+        info["latencies"]["sampling"] = info["sampling_seconds"]
         info["latencies"]["uncertainty"] = round(time.perf_counter() - t, 4)
-        result.extras["uncertainty"] = unc
-        return result
 
 
 def ensemble_maps(samples, remove_isolated: bool = True, isolated_voxels: int = 2):

@@ -16,13 +16,11 @@ Inference modes (parameter ``mode``):
 """
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 
-from ..preprocess import RegistrationError
-from .base import Detector
+from .base import Detector, MapOutput
 from .params import Param
 
 # Fixed template box (MNI152 2009 grid, voxel centres, RAS mm): positions are normalised over it,
@@ -31,9 +29,6 @@ from .params import Param
 BOX_LO = np.array([-98.0, -134.0, -72.0])
 BOX_HI = np.array([98.0, 98.0, 116.0])
 BOX_MM = BOX_HI - BOX_LO
-
-_local = threading.local()
-
 
 def ras_to_unit(ras: np.ndarray) -> np.ndarray:
     return (np.asarray(ras, np.float64) - BOX_LO) / BOX_MM
@@ -327,8 +322,7 @@ class PatchPositionRegression(Detector):
         t1 = time.perf_counter()
         regions = hemisphere_scores(out, case.brain, case.affine)
         stats["regions_seconds"] = round(time.perf_counter() - t1, 3)
-        _local.extra = {"ppr": stats, "region_scores": regions}
-        return out
+        return MapOutput(out, info={"ppr": stats, "region_scores": regions})
 
     def default_threshold(self, work_map, case, params):
         _, card = self.load_weights()
@@ -337,14 +331,3 @@ class PatchPositionRegression(Detector):
             return float(q), f"default: 99.9th percentile of the error on held-out healthy brain voxels ({q:.2f} mm)"
         v = float(np.percentile(work_map[case.brain], 99.0))
         return v, "default: 99th percentile of this scan's brain errors (the model card has no healthy quantile)"
-
-    def detect(self, images, params=None, progress=None, brain_mask=None):
-        _local.extra = {}
-        try:
-            result = super().detect(images, params, progress, brain_mask)
-        except RegistrationError as e:
-            raise ValueError(f"ppr: refused, registration to the template failed ({e}); metrics: "
-                             f"{ {k: v for k, v in e.metrics.items() if k in ('mutual_information', 'brain_in_head', 'fov_coverage')} }") from e
-        result.info.update(getattr(_local, "extra", {}) or {})
-        _local.extra = {}
-        return result
