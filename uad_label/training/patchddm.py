@@ -116,7 +116,7 @@ def labelled_cases(sources, holdout=()) -> tuple[list[dict], list[dict]]:
         root = Path(src)
         if not root.is_dir():
             raise FileNotFoundError(f"data: expected a folder (datastore or labelled cases), received {root}")
-        manifest = json.loads((root / "manifest.json").read_text()) if (root / "manifest.json").exists() else {}
+        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8")) if (root / "manifest.json").exists() else {}
         is_synth = manifest.get("kind") == "synthetic"
         template = manifest.get("geometry") == "template"
         for case in discover_cases(root, require_gt=False):
