@@ -144,3 +144,20 @@ def test_batch_endpoint_runs_every_case_once(server, studies):
         assert (studies / "labels" / "original" / f"{case}.nii.gz").exists()
     m = sitk.ReadImage(str(studies / "labels" / "original" / "hot_FLAIR.nii.gz"))
     assert set(sitk.GetArrayViewFromImage(m).ravel().tolist()) <= {0, 1}
+
+
+def test_upload_size_limit_without_content_length(server):
+    """A chunked body declares no size: the limit is enforced while it streams in."""
+    from requests_toolbelt import MultipartEncoder
+
+    enc = MultipartEncoder(fields={"params": json.dumps(PRE), "file": ("big.nii.gz", b"\0" * (3 << 20))})
+    body = enc.to_string()
+
+    def chunks():
+        for i in range(0, len(body), 1 << 16):
+            yield body[i:i + (1 << 16)]
+
+    r = requests.post(server.url + "/infer/flair_threshold", data=chunks(),
+                      headers={"Content-Type": enc.content_type}, timeout=60)
+    assert r.status_code == 413 and "limit" in r.json()["detail"], r.text
+    assert server.alive()

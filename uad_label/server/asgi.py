@@ -241,31 +241,37 @@ class UploadLimit:
                                      "(UAD_MAX_UPLOAD_MB)")(scope, receive, send)
         seen = 0
         started = False
+        too_large = False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge()
+                    # stop feeding the app: an exception here would be swallowed by the form parser
+                    # and answered with 400, so the app sees a disconnect and we answer 413 instead
+                    too_large = True
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message):
+        async def guarded_send(message):
             nonlocal started
+            if too_large:
+                return  # whatever the app answers to the cut-off body is replaced by the 413
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _error(413, f"upload: body over the limit of {limit} bytes (UAD_MAX_UPLOAD_MB)")(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large and not started:
+            await _error(413, f"upload: body over the limit of {limit} bytes (UAD_MAX_UPLOAD_MB)")(scope, receive, send)
 
 
 def _check_label(path: str, image_path: str | None) -> dict:
