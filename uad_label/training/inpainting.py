@@ -234,13 +234,13 @@ def train_generator(request: TrainRequest) -> dict:
         loss_g.backward()
         opt_g.step()
         if step % 10 == 0 or step == 1:
-            history.append({"step": step, "l1": round(float(l1), 5), "adv": round(float(adv), 4),
-                            "d": round(float(loss_d), 4), "box_l1": round(float(box_errors(fake.detach(), x, starts,
+            history.append({"step": step, "l1": round(float(l1.detach()), 5), "adv": round(float(adv.detach()), 4),
+                            "d": round(float(loss_d.detach()), 4), "box_l1": round(float(box_errors(fake.detach(), x, starts,
                                                                                           cfg.box).mean()), 5),
                             "seconds": round(time.perf_counter() - t0, 1)})
             report(0.1 + 0.75 * min(1.0, step / steps if not s["max_seconds"] else
                                     (time.perf_counter() - t0) / s["max_seconds"]),
-                   f"step {step}: l1 {float(l1):.4f} adv {float(adv):.3f} D {float(loss_d):.3f}")
+                   f"step {step}: l1 {float(l1.detach()):.4f} adv {float(adv.detach()):.3f} D {float(loss_d.detach()):.3f}")
         if s["max_seconds"] and time.perf_counter() - t0 > s["max_seconds"]:
             break
     seconds = time.perf_counter() - t0
@@ -293,7 +293,7 @@ def train_regressor(request: TrainRequest) -> dict:
         import json
 
         g_state = torch.load(saved, map_location="cpu", weights_only=True)
-        g_card = json.loads(saved.with_suffix(".json").read_text())
+        g_card = json.loads(saved.with_suffix(".json").read_text(encoding="utf-8"))
     else:
         g_state, g_card = load_state("inpainting")  # UntrainedError: train `inpainting` first
     cfg = InpaintConfig.from_dict(g_card["config"])
@@ -322,10 +322,10 @@ def train_regressor(request: TrainRequest) -> dict:
         loss.backward()
         opt.step()
         if step % 10 == 0 or step == 1:
-            history.append({"step": step, "mse": round(float(loss), 6), "target_mean": round(float(target.mean()), 5),
+            history.append({"step": step, "mse": round(float(loss.detach()), 6), "target_mean": round(float(target.mean()), 5),
                             "seconds": round(time.perf_counter() - t0, 1)})
             report(0.1 + 0.75 * min(1.0, (time.perf_counter() - t0) / (s["r_max_seconds"] or 1e30)
-                                    if s["r_max_seconds"] else step / s["r_steps"]), f"step {step}: mse {float(loss):.5f}")
+                                    if s["r_max_seconds"] else step / s["r_steps"]), f"step {step}: mse {float(loss.detach()):.5f}")
         if s["r_max_seconds"] and time.perf_counter() - t0 > s["r_max_seconds"]:
             break
     seconds = time.perf_counter() - t0
