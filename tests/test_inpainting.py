@@ -209,7 +209,7 @@ def test_trainers_run_on_a_plain_folder_and_write_cards(tmp_path):
     assert r["steps"] == 2 and (out / "inpainting_fast.json").exists()
     import json
 
-    card = json.loads((out / "inpainting.json").read_text())
+    card = json.loads((out / "inpainting.json").read_text(encoding="utf-8"))
     assert card["config"]["slice_size"] == 32 and card["data"][0]["template_space"] is True
     state = torch.load(out / "inpainting.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())  # a plain state dict
