@@ -88,6 +88,17 @@ def _check_upload(path: str, what: str) -> None:
         raise RequestError(422, f"{what}: expected a 3D volume, received a {image.GetDimension()}D image")
 
 
+def _params_object(params: str) -> dict:
+    """The `params` form field: a JSON object, or 400 saying what it was instead."""
+    try:
+        p = json.loads(params) if params else {}
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"params: expected a JSON object, received invalid JSON ({exc.msg})") from None
+    if not isinstance(p, dict):
+        raise RequestError(400, f"params: expected a JSON object, received {type(p).__name__}")
+    return p
+
+
 router = APIRouter()
 
 
@@ -109,12 +120,7 @@ async def infer(
         raise RequestError(404, f"model: unknown model {model!r}; available: {models}")
     if output is not None and output not in OUTPUTS:
         raise RequestError(422, f"output: expected one of {list(OUTPUTS)}, received {output!r}")
-    try:
-        p = json.loads(params) if params else {}
-    except json.JSONDecodeError as exc:
-        raise RequestError(400, f"params: expected a JSON object, received invalid JSON ({exc.msg})") from None
-    if not isinstance(p, dict):
-        raise RequestError(400, f"params: expected a JSON object, received {type(p).__name__}")
+    p = _params_object(params)
     try:
         split_request(model, p)
     except ValueError as exc:
@@ -317,12 +323,7 @@ async def save_label(
     suffix = "".join(pathlib.Path(name).suffixes) or ".nii.gz"
     if suffix.lower() not in (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".mha"):
         raise RequestError(415, f"label: unsupported file type {suffix!r} (NIfTI, NRRD or MHA)")
-    try:
-        p = json.loads(params) if params else {}
-    except json.JSONDecodeError as exc:
-        raise RequestError(400, f"params: invalid JSON ({exc.msg})") from None
-    if not isinstance(p, dict):
-        raise RequestError(400, "params: expected a JSON object")
+    p = _params_object(params)
     fd, upload = tempfile.mkstemp(prefix="uad_label_", suffix=suffix)
     background_tasks.add_task(_remove, upload)
     with os.fdopen(fd, "wb") as out:
