@@ -114,7 +114,8 @@ def test_live_rethreshold_matches_server_mask_and_findings(case01):
         assert np.allclose(f["centroid_ras"], c["centroid_ras"], atol=2e-3)
         assert np.allclose(f["centroid_index"], c["centroid_index"], atol=2e-3)
         assert f["volume_ml"] == pytest.approx(c["volume_ml"])
-    # the per-slice chart agrees with the server's (brain taken as map > 0 on the client)
+    # the per-slice chart agrees with the server's (brain: the server's `brain` part)
+    assert "brain" in res.extras and review.brain.sum() == (res.extras["brain"].array > 0).sum()
     assert review.axis == res.info["slice_scores"]["axis"]
     assert np.allclose(review.slice_scores(), res.info["slice_scores"]["values"], atol=1e-5)
     assert np.allclose(review.slice_positions_ras(), res.info["slice_scores"]["positions_ras"], atol=2e-3)

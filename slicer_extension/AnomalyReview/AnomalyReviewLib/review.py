@@ -22,8 +22,8 @@ class Review:
     def __init__(self, anomaly_map: NiftiImage, info: Optional[dict] = None, brain: Optional[np.ndarray] = None,
                  use_scipy: Optional[bool] = None):
         """`anomaly_map`: the float map in the scan's grid; `info`: the server's JSON (threshold,
-        min_component_mm3, connectivity); `brain`: voxels the slice scores count as tissue (default:
-        map > 0, which the detectors' maps satisfy inside the brain)."""
+        min_component_mm3, connectivity); `brain`: voxels the slice scores count as tissue (the server's
+        `brain` part; without one, map > 0, which the detectors' maps satisfy inside the brain)."""
         self.map = anomaly_map
         self.scores = np.asarray(anomaly_map.array, np.float32)
         if self.scores.ndim != 3:

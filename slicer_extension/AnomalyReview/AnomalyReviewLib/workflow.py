@@ -61,7 +61,9 @@ def run_detector(ctx: Optional[JobContext], client: Client, model: str, image: O
         result = client.infer(model, image=image, params=params, ctx=ctx)
     if ctx:
         ctx.progress(1.0, "thresholding")
-    review = Review(result.map, result.info) if result.map is not None and result.mask is not None else None
+    brain = result.extras.get("brain")  # the server's brain mask, when it sends one
+    review = (Review(result.map, result.info, brain=None if brain is None else brain.array > 0)
+              if result.map is not None and result.mask is not None else None)
     return ReviewCase(result, review, image, session_id, {k: os.path.basename(str(k)) for k in named})
 
 
