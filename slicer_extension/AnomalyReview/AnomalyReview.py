@@ -165,7 +165,7 @@ class AnomalyReviewLogic(ScriptedLoadableModuleLogic):
         self.segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(self.map_node)
         self.segmentation_node.GetSegmentation().AddEmptySegment(SEGMENT_NAME, SEGMENT_NAME, [0.1, 0.9, 0.2])
         for name, data in res.files.items():
-            if name not in ("image", "mask"):
+            if name not in ("image", "mask", "brain"):  # the brain mask only feeds slice scores
                 self.extra_nodes[name] = self._load_float(data, f"{tag} {name}")
         self.update_threshold()
         slicer.util.setSliceViewerLayers(background=self.scan_node, foreground=self.map_node,
@@ -183,7 +183,7 @@ class AnomalyReviewLogic(ScriptedLoadableModuleLogic):
         slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(label, self.segmentation_node)
         slicer.mrmlScene.RemoveNode(label)
         for name, data in res.files.items():
-            if name not in ("image", "mask"):
+            if name not in ("image", "mask", "brain"):  # the brain mask only feeds slice scores
                 self.extra_nodes[name] = self._load_float(data, f"{res.model} {name}")
         overlay = self.extra_nodes.get("uncertainty") or next(iter(self.extra_nodes.values()), None)
         if overlay is not None:
