@@ -5,7 +5,8 @@ import SimpleITK as sitk
 from uad_label.detectors import available, get_detector
 from uad_label.detectors.params import Param, validate
 from uad_label.postprocess.components import component_table, slice_scores, threshold_mask
-from uad_label.results import array_to_image, image_to_array, index_to_ras, summarise, superior_axis
+from uad_label.preprocess.geometry import image_to_xyz, xyz_to_image
+from uad_label.results import index_to_ras, summarise, superior_axis
 
 
 def test_param_validation_names_parameter_expectation_and_value():
@@ -68,12 +69,12 @@ def test_summarise_in_a_rotated_lps_grid():
     ref.SetSpacing((0.5, 0.5, 3.0))
     ref.SetOrigin((10.0, -5.0, 2.0))
     ref.SetDirection((1, 0, 0, 0, 0, -1, 0, 1, 0))  # k axis along anterior-posterior... j along S
-    img = array_to_image(arr, ref)
-    assert np.array_equal(image_to_array(img), arr)
-    brain = array_to_image(np.ones_like(arr), ref, np.uint8)
+    img = xyz_to_image(arr, ref)
+    assert np.array_equal(image_to_xyz(img), arr)
+    brain = xyz_to_image(np.ones_like(arr, np.uint8), ref)
     assert superior_axis(img) == 1
     mask, info = summarise(img, brain, 0.5, min_component_mm3=20)
-    assert image_to_array(mask).sum() == 64  # 64 voxels * 0.75 mm^3 = 48 mm^3 > 20
+    assert image_to_xyz(mask).sum() == 64  # 64 voxels * 0.75 mm^3 = 48 mm^3 > 20
     comp = info["components"][0]
     assert comp["volume_ml"] == pytest.approx(64 * 0.75 / 1000)
     expected = index_to_ras(img, np.array([[4.5, 5.5, 3.5]]))[0]

@@ -23,26 +23,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .preprocess.geometry import ras_affine
 from .postprocess.components import component_table, image_score, slice_scores, threshold_mask
-
-
-def image_to_array(image: sitk.Image) -> np.ndarray:
-    """Voxel array indexed (i, j, k) as the image's own index order (Slicer's IJK)."""
-    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-
-
-def array_to_image(array: np.ndarray, reference: sitk.Image, dtype=np.float32) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype).transpose(2, 1, 0)))
-    image.CopyInformation(reference)
-    return image
 
 
 def index_to_ras(image: sitk.Image, index: np.ndarray) -> np.ndarray:
     """(N, 3) continuous voxel indices (i, j, k) -> (N, 3) RAS millimetres."""
-    index = np.asarray(index, np.float64).reshape(-1, 3)
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    lps = np.asarray(image.GetOrigin()) + (index * np.asarray(image.GetSpacing())) @ direction.T
-    return lps * np.array([-1.0, -1.0, 1.0])
+    affine = ras_affine(image)
+    return np.asarray(index, np.float64).reshape(-1, 3) @ affine[:3, :3].T + affine[:3, 3]
 
 
 def superior_axis(image: sitk.Image) -> int:

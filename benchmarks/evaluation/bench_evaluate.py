@@ -47,7 +47,7 @@ def main() -> int:
 
     from uad_label.detectors import get_detector
     from uad_label.evaluation.metrics import evaluate_maps
-    from uad_label.results import image_to_array
+    from uad_label.preprocess.geometry import image_to_xyz
 
     case = Path(args.case)
     det = get_detector("flair_threshold")
@@ -57,8 +57,8 @@ def main() -> int:
         t0 = time.perf_counter()
         res = det.detect({"FLAIR": case / "FLAIR.nii.gz"}, {"preprocessed": True})
         t1 = time.perf_counter()
-        gt = image_to_array(sitk.ReadImage(str(case / "GT.nii.gz"))) > 0.5
-        score = image_to_array(res.anomaly_map)
+        gt = image_to_xyz(sitk.ReadImage(str(case / "GT.nii.gz"))) > 0.5
+        score = image_to_xyz(res.anomaly_map)
         metrics = evaluate_maps([score], [gt]).result()
         t2 = time.perf_counter()
         rows.append({"detect_s": t1 - t0, "metrics_s": t2 - t1, "total_s": t2 - t0,

@@ -43,7 +43,7 @@ def main() -> int:
     from uad_label.evaluation.cases import discover_cases
     from uad_label.evaluation.metrics import PooledEvaluation, dice
     from uad_label.io import load_image
-    from uad_label.results import image_to_array
+    from uad_label.preprocess.geometry import image_to_xyz
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("data_dir")
@@ -61,9 +61,9 @@ def main() -> int:
         res = det.detect(case.images, params, progress=lambda f, m: None)
         seconds = time.perf_counter() - t
         gt_img = load_image(case.gt)
-        gt = image_to_array(gt_img) > 0.5
-        score = image_to_array(res.anomaly_map)
-        mask = image_to_array(res.mask) > 0
+        gt = image_to_xyz(gt_img) > 0.5
+        score = image_to_xyz(res.anomaly_map)
+        mask = image_to_xyz(res.mask) > 0
         rows.append({"case": case.case_id, "dice": dice(mask, gt), "hd95_mm": hd95(mask, gt, gt_img.GetSpacing()),
                      "gt_ml": float(gt.sum() * np.prod(gt_img.GetSpacing()) / 1000), "found_ml": res.info["anomalous_volume_ml"],
                      "mean_uncertainty": res.info["mean_uncertainty"], "components": len(res.info["components"]),

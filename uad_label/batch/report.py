@@ -24,12 +24,12 @@ def _slice(arr: np.ndarray, axis: int, index: int) -> np.ndarray:
 def case_report(flair, amap, mask, info: dict, path: str | Path, n_slices: int = 4, title: str = "") -> Path:
     """The `n_slices` most anomalous slices (FLAIR, map overlaid, mask outline) and the per-slice
     score curve, in one PNG."""
-    from ..results import image_to_array
+    from ..preprocess.geometry import image_to_xyz
 
     plt = _plt()
-    img = image_to_array(flair).astype(np.float32)
-    m = image_to_array(amap).astype(np.float32)
-    k = image_to_array(mask) > 0
+    img = image_to_xyz(flair).astype(np.float32)
+    m = image_to_xyz(amap).astype(np.float32)
+    k = image_to_xyz(mask) > 0
     ss = info.get("slice_scores") or {}
     axis = int(ss.get("axis", 2))
     values = np.asarray(ss.get("values") or np.zeros(img.shape[axis]), np.float64)

@@ -35,12 +35,12 @@ def export_slices(result, image, out_dir, n: int = 5, prefix: str = "slice") -> 
     import SimpleITK as sitk
 
     from ..io import load_image
-    from ..results import image_to_array
+    from ..preprocess.geometry import image_to_xyz
 
     img = image if isinstance(image, sitk.Image) else load_image(image)
-    vol = image_to_array(img)
-    amap = image_to_array(result.anomaly_map)
-    mask = image_to_array(result.mask) > 0
+    vol = image_to_xyz(img)
+    amap = image_to_xyz(result.anomaly_map)
+    mask = image_to_xyz(result.mask) > 0
     if vol.shape != amap.shape:
         raise ValueError(f"image: expected the grid of the result {amap.shape}, received {vol.shape}")
     scores = result.info["slice_scores"]

@@ -12,7 +12,8 @@ import numpy as np
 
 from ..detectors import get_detector
 from ..io import load_image
-from ..results import image_to_array, write_json_atomic
+from ..preprocess.geometry import image_to_xyz
+from ..results import write_json_atomic
 from .cases import discover_cases
 from .metrics import PooledEvaluation, dice
 
@@ -32,12 +33,12 @@ def evaluate(detector: str, data_dir: str | Path, out_dir: str | Path | None = N
         tc = time.perf_counter()
         result = det.detect(case.images, p, progress=lambda f, m: None)
         gt_img = load_image(case.gt)
-        score = image_to_array(result.anomaly_map)
-        gt = image_to_array(gt_img) > 0.5
+        score = image_to_xyz(result.anomaly_map)
+        gt = image_to_xyz(gt_img) > 0.5
         if gt.shape != score.shape:
             raise ValueError(f"case {case.case_id}: ground truth {case.gt} has shape {gt.shape}, "
                              f"the map of its FLAIR has {score.shape}: GT must be in the FLAIR's grid")
-        mask = image_to_array(result.mask) > 0
+        mask = image_to_xyz(result.mask) > 0
         rows.append({"case": case.case_id, "dice_default": dice(mask, gt), "threshold": result.info["threshold"],
                      "gt_ml": float(gt.sum() * np.prod(gt_img.GetSpacing()) / 1000.0),
                      "detected_ml": result.info["anomalous_volume_ml"], "image_score": result.info["image_score"],
