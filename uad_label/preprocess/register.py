@@ -118,7 +118,16 @@ def register_to_template(moving: sitk.Image, opts: PreprocessOptions,
     moving_head = _onto_grid(moving_head, mov, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)
     mov = intensity_for_registration(mov, moving_head)
 
-    t0 = time.perf_counter()
+    def stage(name, transform, shrink, sigmas, iterations, learning_rate):
+        """One multi-resolution stage, optimising `transform` in place; records metric, iterations, time."""
+        t = time.perf_counter()
+        reg = _method(opts, metric_mask, shrink, sigmas, iterations, learning_rate=learning_rate)
+        reg.SetInitialTransform(transform, inPlace=True)
+        reg.Execute(fix, mov)
+        info[f"{name}_metric"] = float(reg.GetMetricValue())
+        info[f"{name}_iterations"] = int(reg.GetOptimizerIteration())
+        info[f"{name}_seconds"] = time.perf_counter() - t
+
     # centre of mass of the dilated template brain (roughly the head) <-> the scan's head mask
     init = sitk.CenteredTransformInitializer(
         init_mask, sitk.Cast(moving_head, sitk.sitkFloat32), sitk.Euler3DTransform(),
@@ -126,28 +135,15 @@ def register_to_template(moving: sitk.Image, opts: PreprocessOptions,
     rigid = sitk.Euler3DTransform(init)
     info["init_translation"] = list(rigid.GetTranslation())
 
-    reg = _method(opts, metric_mask, opts.registration_shrink, opts.registration_sigmas_mm,
-                  opts.rigid_iterations, learning_rate=2.0)
-    reg.SetInitialTransform(rigid, inPlace=True)
-    reg.Execute(fix, mov)
-    info["rigid_metric"] = float(reg.GetMetricValue())
-    info["rigid_iterations"] = int(reg.GetOptimizerIteration())
-    info["rigid_seconds"] = time.perf_counter() - t0
+    stage("rigid", rigid, opts.registration_shrink, opts.registration_sigmas_mm, opts.rigid_iterations, 2.0)
     final = flatten_affine(rigid)
 
     if opts.affine:
-        t0 = time.perf_counter()
         aff = sitk.AffineTransform(3)
         aff.SetCenter(rigid.GetCenter())
         aff.SetMatrix(rigid.GetMatrix())
         aff.SetTranslation(rigid.GetTranslation())
-        reg = _method(opts, metric_mask, opts.affine_shrink, opts.affine_sigmas_mm,
-                      opts.affine_iterations, learning_rate=1.0)
-        reg.SetInitialTransform(aff, inPlace=True)
-        reg.Execute(fix, mov)
-        info["affine_metric"] = float(reg.GetMetricValue())
-        info["affine_iterations"] = int(reg.GetOptimizerIteration())
-        info["affine_seconds"] = time.perf_counter() - t0
+        stage("affine", aff, opts.affine_shrink, opts.affine_sigmas_mm, opts.affine_iterations, 1.0)
         m = np.array(aff.GetMatrix()).reshape(3, 3)
         sv = np.linalg.svd(m, compute_uv=False)
         info["affine_scales"] = sv.tolist()

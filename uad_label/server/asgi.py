@@ -27,7 +27,6 @@ from monailabel.interfaces.utils.app import app_instance
 from requests_toolbelt import MultipartEncoder
 
 from ..io import load_image
-from ..preprocess import RegistrationError
 from ..weights import UntrainedError
 from .tasks import split_request
 
@@ -155,8 +154,6 @@ async def infer(
         result = await run_in_threadpool(instance.infer, request)
     except UntrainedError as exc:  # a learned detector without weights says so
         raise RequestError(409, str(exc)) from None
-    except RegistrationError as exc:  # no meaningful map without a registration that passed its checks
-        raise RequestError(422, str(exc)) from None
     except ValueError as exc:  # the detector refused the input (empty brain, wrong modality, ...)
         raise RequestError(422, str(exc)) from None
     return _respond(result, output, background_tasks)
