@@ -38,8 +38,12 @@ def _augmenter(seed: int):
     from monai.transforms import (Compose, RandAdjustContrast, RandAffine, RandBiasField, RandFlip,
                                   RandGaussianNoise)
 
+    from ..augment import RandGhosting
+
     t = Compose([RandBiasField(prob=0.5, coeff_range=(0.0, 0.2)), RandGaussianNoise(prob=0.5, std=0.02),
-                 RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)), RandFlip(prob=0.5, spatial_axis=0),
+                 RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
+                 RandGhosting(prob=0.5, num_ghosts=(4, 10), axes=(0, 1, 2), intensity=(0.5, 1.0)),
+                 RandFlip(prob=0.5, spatial_axis=0),
                  RandAffine(prob=0.5, rotate_range=(0.1, 0.1, 0.1), scale_range=(0.05, 0.05, 0.05),
                             mode="bilinear", padding_mode="zeros")])
     t.set_random_state(seed)
@@ -161,7 +165,8 @@ def train(request: TrainRequest) -> dict:
         "loss_weights": {"kl": w[0], "l1": w[1], "ce": w[2]}, "optimizer": "Adam", "lr": float(cfg["lr"]),
         "batch_size": bs, "context_masks": {"max_squares": cfg["max_squares"], "max_size_px": max_size},
         "augmentation": "MONAI RandBiasField, RandGaussianNoise, RandAdjustContrast, RandFlip, RandAffine "
-                        f"({cfg['augmented_copies']} augmented copies per case; no ghosting)",
+                        "and uad_label.augment.RandGhosting (k-space ghosting, as torchio's in StRegA) "
+                        f"({cfg['augmented_copies']} augmented copies per case)",
         "epochs_run": len(history), "steps": steps, "best_epoch": best[2], "best_val_loss": best[0],
         "history": history, "seconds": {"prepare": round(prep_s, 1), "train": round(train_s, 1)},
         "data": {"sources": [str(s) for s in request.data], "n_train_slices": len(trn), "n_val_slices": len(val),
