@@ -157,8 +157,65 @@ def test_tiny_train_then_segment_with_uncertainty(tiny_data, tmp_path, monkeypat
     assert sum("DDIM step" in m for _, m in calls) == 4  # 2 steps x 2 batches of members
     again = det.detect(images, params, progress=lambda f, m: None)  # same seed, same samples
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again.anomaly_map), p)
+    tiled = det.detect(images, {**params, "tile": 8}, progress=lambda f, m: None)
+    assert tiled.info["tile"] == [8, 8, 8] and info["tile"] is None
+    pt = sitk.GetArrayFromImage(tiled.anomaly_map)
+    assert pt.shape == p.shape and 0 <= pt.min() and pt.max() <= 1
+    with pytest.raises(ValueError, match="tile.*multiple of 2"):
+        det.detect(images, {**params, "tile": 3})
     with pytest.raises(ValueError, match="missing"):
         det.detect({"FLAIR": images["FLAIR"]}, params)
+
+
+def test_tile_roi_rules():
+    from uad_label.detectors.patchddm import tile_roi
+
+    assert tile_roi(0, 8, (64, 64, 48)) is None
+    assert tile_roi(64, 8, (64, 64, 48)) is None  # one tile = the whole volume: the published path
+    assert tile_roi(32, 8, (64, 72, 24)) == (32, 32, 24)
+    with pytest.raises(ValueError, match="parameter 'tile': expected 0 or a multiple of 8.*received 20"):
+        tile_roi(20, 8, (64, 64, 64))
+    with pytest.raises(ValueError, match="at least 16, received 8"):
+        tile_roi(8, 8, (64, 64, 64))
+
+
+def test_tiles_cut_the_whole_volume_coordinates_and_share_the_timestep():
+    """A pointwise stand-in network makes tiled = whole exactly when every tile sees the whole
+    volume's coordinate ramps and the step's timestep; ramps rebuilt per tile would break it."""
+    from uad_label.detectors.patchddm import network_call
+
+    class Pointwise(torch.nn.Module):
+        def forward(self, x, t):
+            assert t.shape == (x.shape[0],)
+            return x[:, 3:4] * 2 - x[:, 4:5] + x[:, 5:6] ** 2 + x[:, 6:7] * x[:, 0:1] + t.view(-1, 1, 1, 1, 1) * 1e-3
+
+    size = (20, 16, 12)
+    cond = torch.cat([torch.rand(3, *size), coordinate_channels(size)])[None].expand(2, -1, -1, -1, -1)
+    x = torch.cat([cond, torch.randn(2, 1, *size)], 1)
+    t = torch.full((2,), 640)
+    whole = network_call(Pointwise(), None)(x, t)
+    tiled = network_call(Pointwise(), (8, 8, 8), overlap=0.5)(x, t)
+    assert tiled.shape == whole.shape == (2, 1, *size)
+    torch.testing.assert_close(tiled, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_tiled_unet_stays_close_to_the_whole_volume():
+    """GroupNorm statistics differ per tile, so tiling is an approximation; large overlapping tiles
+    keep the predicted noise close to the whole-volume prediction."""
+    from uad_label.detectors.patchddm import network_call
+
+    torch.manual_seed(0)
+    net = PatchDDMUNet(in_channels=7, base_channels=8, channel_mult=(1, 2), num_res_blocks=1).eval()
+    for p in net.out.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    size = (24, 24, 16)
+    x = torch.cat([torch.rand(1, 3, *size), coordinate_channels(size)[None], torch.randn(1, 1, *size)], 1)
+    t = torch.tensor([300])
+    with torch.inference_mode():
+        whole = network_call(net, None)(x, t)
+        tiled = network_call(net, (16, 16, 16), overlap=0.5)(x, t)
+    rel = float((tiled - whole).abs().mean() / whole.abs().mean())
+    assert 0 < rel < 0.5
 
 
 @pytest.mark.gpu

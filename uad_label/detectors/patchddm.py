@@ -34,6 +34,12 @@ class PatchDDM(Detector):
         Param("isolated_voxels", 2, int, "largest speck removed by remove_isolated (model-grid voxels)", minimum=0),
         Param("members_per_batch", 5, int, "ensemble members per network call (memory vs speed)", minimum=1,
               maximum=64),
+        Param("tile", 0, int,
+              "0: the whole volume in one network call (published; no stitching). N > 0: N^3 tiles of the model "
+              "grid (a multiple of the network's divisor) blended with Gaussian weights, each cut from the whole "
+              "volume's coordinate ramps, for GPUs that cannot hold the whole volume", minimum=0),
+        Param("tile_overlap", 0.5, float, "overlap of neighbouring tiles (fraction of the tile)", minimum=0.0,
+              maximum=0.9),
         Param("device", "auto", str, "cpu, cuda or auto"),
         Param("threads", 0, int, "CPU intra-op threads while sampling (0: torch's setting; 1 is fastest on a CPU "
               "shared with other jobs)", minimum=0, maximum=256),
@@ -104,11 +110,8 @@ class PatchDDM(Detector):
             step_times.append(time.perf_counter())
             progress(done[0] / total_calls, f"DDIM step {done[0]} of {total_calls} ({n} samples)")
 
-        def net(x, t):
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
-                return model(x, t).float()
+        roi = tile_roi(params["tile"], model.divisor, tuple(cond.shape[1:]))
+        net = network_call(model, roi, params["tile_overlap"], cuda)
 
         samples = []
         t_sample = t_start = time.perf_counter()
@@ -128,7 +131,8 @@ class PatchDDM(Detector):
         maps[:, ~case.brain] = 0.0
         steps_s = np.diff([t_start] + step_times) if step_times else np.array([])
         info = {"steps": params["steps"], "ensemble": n, "model_spacing_mm": float(card["spacing_mm"]),
-                "model_grid": list(size), "device": device, "precision": "bf16" if cuda else "fp32",
+                "model_grid": list(size), "tile": list(roi) if roi else None, "device": device,
+                "precision": "bf16" if cuda else "fp32",
                 "isolated_voxels_removed": removed,
                 "seconds_per_network_call": float(np.median(steps_s)) if len(steps_s) else None,
                 "sampling_seconds": round(t_sample, 4), "weights_config": card.get("config")}
@@ -151,6 +155,44 @@ class PatchDDM(Detector):
                                   info["connectivity"])
         info["latencies"]["sampling"] = info["sampling_seconds"]
         info["latencies"]["uncertainty"] = round(time.perf_counter() - t, 4)
+
+
+def network_call(model, roi: tuple[int, ...] | None, overlap: float = 0.5, cuda: bool = False):
+    """eps = net(cat(cond, x_t), t) over the whole volume at once, or tile by tile (roi) with
+    Gaussian overlap-add through uad_kernels.sliding_window_inference."""
+    import torch
+
+    def whole(x, t):
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
+            return model(x, t).float()
+
+    if roi is None:
+        return whole
+
+    def tiled(x, t):
+        from uad_kernels import sliding_window_inference
+
+        # every tile of one call shares the step's timestep; the coordinate channels are the whole
+        # volume's ramps cut with the tile, so a position means the same in every tile
+        return sliding_window_inference(x, roi, 1, lambda p: whole(p, t[:1].expand(p.shape[0])),
+                                        overlap=overlap, mode="gaussian")
+
+    return tiled
+
+
+def tile_roi(tile: int, divisor: int, grid: tuple[int, ...]) -> tuple[int, ...] | None:
+    """Tile size per axis for a padded model grid, or None for whole-volume inference. Axes shorter
+    than the tile are covered by one tile of their full length (no padding with fake coordinates)."""
+    if tile <= 0:
+        return None
+    if tile % divisor or tile < 2 * divisor:
+        # at least 2 voxels at the deepest level: GroupNorm needs more than one value per group
+        raise ValueError(f"parameter 'tile': expected 0 or a multiple of {divisor} (the network's downsampling "
+                         f"factor) of at least {2 * divisor}, received {tile}")
+    roi = tuple(min(tile, g) for g in grid)
+    return None if roi == tuple(grid) else roi
 
 
 def ensemble_maps(samples, remove_isolated: bool = True, isolated_voxels: int = 2):
