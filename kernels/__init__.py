@@ -9,7 +9,8 @@ Importing this package needs neither a GPU nor Triton nor CuPy: submodules load 
 
 Ops (module -> public functions):
   patch_gather  gather_patches, extract_patches, grid_patches, grid_starts
-  inpaint       inpaint_windows, inpaint_batch, inpaint_scores, finalize_heatmap, inpaint_heatmap
+  inpaint       inpaint_windows, inpaint_batch, inpaint_scores, accumulate_scores, finalize_heatmap,
+                inpaint_heatmap
   recon_error   error_map, ErrorMap
   stitching     importance_map, sliding_window_starts, overlap_add, sliding_window_inference
   postprocess   connected_components, remove_small_components, median_filter, grey_erosion,
@@ -30,6 +31,7 @@ _EXPORTS = {
     "inpaint_batch": "inpaint",
     "inpaint_scores": "inpaint",
     "finalize_heatmap": "inpaint",
+    "accumulate_scores": "inpaint",
     "inpaint_heatmap": "inpaint",
     "error_map": "recon_error",
     "ErrorMap": "recon_error",

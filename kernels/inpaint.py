@@ -184,21 +184,36 @@ def inpaint_scores_reference(recon, image, starts, box, metric="l1", brain_mask=
         tot = e.flatten(1).sum(1)
         n = torch.full_like(tot, float(e[0].numel()) if k else 1.0)
     scores = torch.where(n > 0, tot / n.clamp_min(1e-30), torch.zeros_like(tot))
-    spatial = image.shape[1:]
-    lin = torch.zeros((), dtype=torch.int64, device=image.device)
+    accumulate_scores(scores, starts, box, heat, count, reduce)
+    return scores
+
+
+def accumulate_scores(scores: torch.Tensor, starts: torch.Tensor, box: int | Sequence[int], heat: torch.Tensor,
+                      count: torch.Tensor, reduce: str = "mean") -> None:
+    """Spread given window scores (K,) over their box footprints into the heat/count accumulators
+    (in place): sum (reduce="mean") or running max (reduce="max"); count always counts windows.
+    For scores that do not come from `inpaint_scores` (a regressor's predictions, box-only
+    reconstructions). Torch ops on any device."""
+    check_choice("reduce", reduce, REDUCES, op="accumulate_scores")
+    k, d = starts.shape
+    box = check_sizes("box", box, d, op="accumulate_scores")
+    if k == 0:
+        return
+    starts = starts.to(torch.int64)
+    idx = _box_index(starts, box)
+    spatial = heat.shape
+    lin = torch.zeros((), dtype=torch.int64, device=heat.device)
     for a in range(d):
         lin = lin * spatial[a] + idx[a]
     lin = lin.expand((k, *box)).reshape(-1)
-    src = scores.view([k] + [1] * d).expand((k, *box)).reshape(-1)
+    src = scores.to(torch.float32).view([k] + [1] * d).expand((k, *box)).reshape(-1)
     if reduce == "max":
         heat.view(-1).scatter_reduce_(0, lin, src, "amax", include_self=True)
     else:
         heat.view(-1).index_add_(0, lin, src)
     count.view(-1).index_add_(0, lin, torch.ones_like(src))
-    return scores
 
 
-# ----------------------------------------------------------------------------- public API
 def inpaint_windows(spatial_shape: Sequence[int], box: int | Sequence[int] = 16, stride: int | Sequence[int] = 4,
                     brain_mask: torch.Tensor | None = None, device=None) -> torch.Tensor:
     """(W, d) int64 corners of all box positions covering the image; with ``brain_mask`` only the

@@ -7,8 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from uad_label.detectors.inpainting import (InpaintingDetector, InpaintingFastDetector, SliceMapper,
-                                            spread_scores)
+from uad_label.detectors.inpainting import InpaintingDetector, InpaintingFastDetector, SliceMapper
 from uad_label.networks.inpainting import (ErrorRegressor, InpaintConfig, InpaintGenerator, build_generator,
                                            count_parameters)
 from uad_label.weights import UntrainedError, save_state
@@ -68,14 +67,15 @@ def _disk(S, r):
     return torch.from_numpy(((yy - S / 2) ** 2 + (xx - S / 2) ** 2) < r * r)
 
 
-def test_batched_heatmap_equals_a_per_window_loop_of_the_same_generator():
+@pytest.mark.parametrize("engine", ["batched", "local"])
+def test_batched_heatmap_equals_a_per_window_loop_of_the_same_generator(engine):
     torch.manual_seed(0)
     cfg = InpaintConfig(slice_size=32, ngf=4, box=8)
     g = build_generator(cfg).eval()
     brain = _disk(32, 12)
     img = torch.rand(32, 32) * brain
     det = InpaintingDetector()
-    params = {"metric": "l1", "score_in_brain": False, "reduce": "mean"}
+    params = {"metric": "l1", "score_in_brain": False, "reduce": "mean", "engine": engine}
     batched = det._slice_map(g, cfg, params, img, brain, 8, 3, 17)  # odd batch: chunks of unequal size
     loop = _loop_heatmap(g, img, brain, 8, 3, cfg.fill)
     assert batched.shape == (32, 32)
@@ -85,24 +85,33 @@ def test_batched_heatmap_equals_a_per_window_loop_of_the_same_generator():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_batched_heatmap_on_cuda_matches_the_cpu_loop_within_bf16_tolerance():
+@pytest.mark.parametrize("engine", ["batched", "local"])
+def test_batched_heatmap_on_cuda_matches_the_cpu_loop_within_bf16_tolerance(engine):
     torch.manual_seed(0)
     cfg = InpaintConfig(slice_size=64, ngf=4, box=16)
     g = build_generator(cfg).eval()
     brain = _disk(64, 24)
     img = torch.rand(64, 64) * brain
     loop = _loop_heatmap(g, img, brain, 16, 4, cfg.fill)
-    params = {"metric": "l1", "score_in_brain": False, "reduce": "mean"}
+    params = {"metric": "l1", "score_in_brain": False, "reduce": "mean", "engine": engine}
     batched = InpaintingDetector()._slice_map(g.cuda(), cfg, params, img.cuda(), brain.cuda(), 16, 4, 512)
     torch.testing.assert_close(batched.cpu(), loop, rtol=0.05, atol=0.02)
 
 
-def test_spread_scores_averages_over_box_footprints():
-    heat = torch.zeros(8, 8)
-    count = torch.zeros(8, 8)
-    spread_scores(torch.tensor([1.0, 3.0]), torch.tensor([[0, 0], [2, 2]]), 4, heat, count)
-    out = heat / count.clamp_min(1)
+def test_accumulated_scores_average_or_max_over_box_footprints():
+    from uad_kernels import accumulate_scores, finalize_heatmap
+
+    scores, starts = torch.tensor([1.0, 3.0]), torch.tensor([[0, 0], [2, 2]])
+    heat, count = torch.zeros(8, 8), torch.zeros(8, 8)
+    accumulate_scores(scores, starts, 4, heat, count)
+    out = finalize_heatmap(heat, count)
     assert out[0, 0] == 1 and out[5, 5] == 3 and out[3, 3] == 2 and out[7, 7] == 0
+    heat, count = torch.zeros(8, 8), torch.zeros(8, 8)
+    accumulate_scores(scores, starts, 4, heat, count, "max")
+    out = finalize_heatmap(heat, count, "max")
+    assert out[0, 0] == 1 and out[3, 3] == 3 and out[7, 7] == 0
+    with pytest.raises(ValueError, match="reduce"):
+        accumulate_scores(scores, starts, 4, heat, count, "median")
 
 
 def test_slice_mapper_round_trip_fits_pads_and_returns_the_work_grid():
@@ -163,6 +172,10 @@ def test_detect_returns_a_native_map_mask_components_and_latencies(tiny_weights,
     assert len(res.info["slice_scores"]["values"]) == 24
     if cls is InpaintingDetector:
         assert res.info["threshold"] == pytest.approx(0.3)  # the model card's healthy calibration
+        assert res.info["params"]["engine_used"] == "local"  # auto on a CPU
+        batched = det.detect({"FLAIR": _phantom()}, {"preprocessed": True, "box": 8, "stride": 4,
+                                                     "engine": "batched"})
+        np.testing.assert_allclose(sitk.GetArrayFromImage(batched.anomaly_map), arr, rtol=1e-4, atol=1e-6)
     assert det.info()["trained"] is True
 
 

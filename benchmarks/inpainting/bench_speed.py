@@ -1,6 +1,8 @@
 """Speed of the exact sliding-window inpainting heat map: per-window loop (the published way: one G
 pass per window) versus the batched uad_kernels path (masked copies built on the device in chunks,
-G in large batches, bf16 autocast on CUDA, fused box error + heat-map assembly).
+G in large batches, bf16 autocast on CUDA, fused box error + heat-map assembly) and the local
+engine (uad_label.networks.inpainting_local: G's box output recomputed only where the box changes
+features; the detector's default on a CPU).
 
 One 256x256 slice, box 16, stride 4: 3,721 windows, same G, same windows. On a CPU the loop runs
 over the first --loop-windows windows and its time is extrapolated to 3,721 (the full loop takes
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from uad_label.networks.inpainting import InpaintGenerator, count_parameters  # noqa: E402
+from uad_label.networks.inpainting_local import LocalBoxInpainter, local_inpaint_heatmap  # noqa: E402
 
 try:
     import uad_kernels  # noqa: F401
@@ -80,6 +83,18 @@ def run(args):
     res = inpaint_heatmap(img[None], model, box=box, stride=stride, fill=1.0, batch_size=args.batch_size)
     sync(dev)
     t_batched = time.perf_counter() - t
+
+    def local(im, br=None, only_brain=False):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and not args.fp32):
+            return local_inpaint_heatmap(LocalBoxInpainter(g), im, box=box, stride=stride, fill=1.0,
+                                         batch_size=args.local_batch_size, brain_mask=br, only_brain=only_brain)
+
+    local(img)  # warm-up
+    sync(dev)
+    t = time.perf_counter()
+    res_local = local(img)
+    sync(dev)
+    t_local = time.perf_counter() - t
     # per-window loop (published): copy, one G pass, box error, heat map, per window
     n_loop = n_all if args.loop_windows <= 0 else min(args.loop_windows, n_all)
     heat = torch.zeros(S, S, device=dev)
@@ -107,7 +122,11 @@ def run(args):
            "precision": "bf16 autocast" if cuda and not args.fp32 else "fp32",
            "batched_s": round(t_batched, 4), "loop_windows_timed": n_loop, "loop_s_timed": round(t_loop, 3),
            "loop_s_per_slice": round(t_loop_all, 3), "loop_extrapolated": n_loop < n_all,
-           "speedup": round(t_loop_all / t_batched, 2), "max_score_diff_vs_loop": diff}
+           "speedup": round(t_loop_all / t_batched, 2), "max_score_diff_vs_loop": diff,
+           "local_s": round(t_local, 4), "local_batch_size": args.local_batch_size,
+           "local_speedup_vs_loop": round(t_loop_all / t_local, 2),
+           "local_max_score_diff_vs_batched": float((res_local.scores - res.scores).abs().max()),
+           "local_max_heatmap_diff_vs_batched": float((res_local.heatmap - res.heatmap).abs().max())}
     if args.volume:
         t = time.perf_counter()
         n_win = 0
@@ -122,6 +141,14 @@ def run(args):
         sync(dev)
         out["volume_182_slices_s"] = round(time.perf_counter() - t, 2)
         out["volume_windows"] = n_win
+        t = time.perf_counter()
+        for z in range(182):
+            im, br = phantom_slice(S, (z + 0.5) / 182, seed=z)
+            im, br = im.to(dev), br.to(dev)
+            if bool(br.any()):
+                local(im, br, only_brain=True)
+        sync(dev)
+        out["local_volume_182_slices_s"] = round(time.perf_counter() - t, 2)
     return out
 
 
@@ -148,6 +175,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default 512 CUDA, 64 CPU)")
     p.add_argument("--loop-windows", type=int, default=None,
                    help="windows of the loop actually timed (default all on CUDA, 200 on a CPU; <=0 = all)")
+    p.add_argument("--local-batch-size", type=int, default=512, help="windows per call of the local engine")
     p.add_argument("--volume", action="store_true", help="also time a 182-slice volume")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--out", default=None)
