@@ -122,6 +122,13 @@ class Detector(ABC):
                              f"({exc}); metrics: {metrics}") from exc
         timings["preprocess"] = time.perf_counter() - t
         timings.update({f"preprocess.{k}": v for k, v in getattr(case, "timings", {}).items()})
+        contrast = {}
+        if p["check_contrast"]:
+            from ..preprocess.contrast import check_modality_contrast
+
+            t = time.perf_counter()
+            contrast = {m: check_modality_contrast(case, m) for m in self.modalities if m in case.arrays}
+            timings["contrast_check"] = time.perf_counter() - t
 
         report(0.3, "computing the anomaly map")
         t = time.perf_counter()
@@ -149,7 +156,7 @@ class Detector(ABC):
         report(1.0, "done")
         info = {"detector": self.name, **info, "threshold_source": source,
                 "params": p, "latencies": {k: round(v, 4) for k, v in timings.items()},
-                "preprocessing": getattr(case, "registration", {}), **out.info}
+                "preprocessing": getattr(case, "registration", {}), "contrast": contrast, **out.info}
         result = DetectionResult(native_map, mask, info, extras, brain=sitk.Cast(native_brain, sitk.sitkUInt8))
         self.finalize(result, case, p)
         return result

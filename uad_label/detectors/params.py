@@ -85,6 +85,9 @@ COMMON_PARAMS: tuple[Param, ...] = (
           "input already bias-corrected, brain-extracted and in template space (the published protocol): "
           "skip N4, registration and extraction; brain = voxels > 0"),
     Param("bias_correction", True, bool, "N4 bias-field correction (ignored when preprocessed)"),
+    Param("check_contrast", True, bool,
+          "refuse an image whose tissue contrast in template space (grey matter / white matter and CSF / "
+          "white matter medians) clearly belongs to another modality, e.g. a T1 sent as FLAIR"),
 )
 
 
