@@ -99,11 +99,15 @@ class _Crops:
         return rows[flat].permute(0, 3, 1, 2)  # channels-last strides: the conv reads them as they are
 
 
+def _shift_index(x: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    """(K, C, n, n) -> (K, C, m, m): per window, the rows rel[:, 0] and columns rel[:, 1] (K, 2, m)."""
+    k = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    return x[k, :, rel[:, 0, :, None], rel[:, 1, None, :]].permute(0, 3, 1, 2)
+
+
 def _shift(x: torch.Tensor, offset: torch.Tensor, length: int) -> torch.Tensor:
     """(K, C, n, n) -> (K, C, length, length): per-window sub-crop starting at offset (K, 2)."""
-    idx = _ranges(offset, length)
-    k = torch.arange(x.shape[0], device=x.device)[:, None, None]
-    return x[k, :, idx[:, 0, :, None], idx[:, 1, None, :]].permute(0, 3, 1, 2)
+    return _shift_index(x, _ranges(offset, length))
 
 
 def _edge(x: torch.Tensor, start: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -143,11 +147,6 @@ def _bicubic_matrices(g0: torch.Tensor, n: int, t: torch.Tensor, k: int) -> torc
 def _clamped(start: torch.Tensor, length: int, size: tuple[int, int]) -> torch.Tensor:
     hi = torch.tensor(size, device=start.device).view(1, 2, 1)
     return torch.minimum(_ranges(start, length).clamp_min(0), hi - 1)
-
-
-def _shift_index(x: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
-    k = torch.arange(x.shape[0], device=x.device)[:, None, None]
-    return x[k, :, rel[:, 0, :, None], rel[:, 1, None, :]].permute(0, 3, 1, 2)
 
 
 class LocalBoxInpainter:
