@@ -246,7 +246,7 @@ def train_generator(request: TrainRequest) -> dict:
     seconds = time.perf_counter() - t0
     recalibrate_batchnorm(G, _masked_batches(imgs, brains, train_idx, cfg, s["batch_size"], s["bn_batches"], gen,
                                              device))
-    val = _validation_scores(lambda xm, x: (G(xm) - x).abs(), imgs, brains, val_idx, cfg, s, gen, device)
+    val = _validation_scores(G, imgs, brains, val_idx, cfg, s, gen, device)
     report(0.95, f"validation box L1 {val['mean']:.4f}")
     card = {"detector": "inpainting", "network": "G: pix2pix U-Net, bicubic upsampling",
             "parameters": count_parameters(G), "config": cfg.to_dict(), "steps": step,
@@ -259,21 +259,20 @@ def train_generator(request: TrainRequest) -> dict:
             "last": history[-1] if history else None}
 
 
-def _validation_scores(err_fn, imgs, brains, val_idx, cfg, s, gen, device) -> dict:
-    """Box errors on held-out healthy slices (val_boxes random brain boxes per slice)."""
-    scores = []
+def _validation_boxes(imgs, brains, val_idx, cfg, s, gen, device):
+    """Held-out healthy slices, val_boxes random brain boxes each: yields (x, masked x, box starts)."""
+    for i in val_idx.tolist():
+        idx = torch.full((s["val_boxes"],), i)
+        x = imgs[idx][:, None].to(device)
+        starts = random_boxes(brains, idx, cfg.box, gen)
+        yield x, mask_boxes(x, starts, cfg.box, cfg.fill), starts
+
+
+def _validation_scores(G, imgs, brains, val_idx, cfg, s, gen, device) -> dict:
+    """G's box errors on held-out healthy slices."""
     with torch.no_grad():
-        for i in val_idx.tolist():
-            idx = torch.full((s["val_boxes"],), i)
-            x = imgs[idx][:, None].to(device)
-            starts = random_boxes(brains, idx, cfg.box, gen)
-            xm = mask_boxes(x, starts, cfg.box, cfg.fill)
-            e = err_fn(xm, x)
-            if e.ndim == 1:
-                scores.append(e.cpu())
-            else:
-                scores.append(box_errors(e, torch.zeros_like(e), starts, cfg.box).cpu())
-    v = torch.cat(scores).numpy()
+        v = torch.cat([box_errors(G(xm), x, starts, cfg.box).cpu()
+                       for x, xm, starts in _validation_boxes(imgs, brains, val_idx, cfg, s, gen, device)]).numpy()
     return {"n": int(v.size), "mean": float(v.mean()), "q95": float(np.quantile(v, 0.95)),
             "q99": float(np.quantile(v, 0.99))}
 
@@ -334,11 +333,7 @@ def train_regressor(request: TrainRequest) -> dict:
     # agreement with G on held-out boxes: Spearman of predicted vs true box errors
     truth, pred = [], []
     with torch.no_grad():
-        for i in val_idx.tolist():
-            idx = torch.full((s["val_boxes"],), i)
-            x = imgs[idx][:, None].to(device)
-            starts = random_boxes(brains, idx, cfg.box, gen)
-            xm = mask_boxes(x, starts, cfg.box, cfg.fill)
+        for x, xm, starts in _validation_boxes(imgs, brains, val_idx, cfg, s, gen, device):
             truth.append(box_errors(G(xm), x, starts, cfg.box).cpu())
             pred.append((R(xm) * cfg.err_scale).cpu())
     truth_v, pred_v = torch.cat(truth).numpy(), torch.cat(pred).numpy()
