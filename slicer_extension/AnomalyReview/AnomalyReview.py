@@ -322,6 +322,13 @@ class AnomalyReviewLogic(ScriptedLoadableModuleLogic):
 class AnomalyReviewWidget(ScriptedLoadableModuleWidget):
     POLL_MS = 100
 
+    def _section(self, title: str, layout_class=None):
+        """A collapsible section of the module panel; returns its layout (a form unless given)."""
+        box = ctk.ctkCollapsibleButton()
+        box.text = title
+        self.layout.addWidget(box)
+        return (layout_class or qt.QFormLayout)(box)
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         self.logic = AnomalyReviewLogic()
@@ -337,10 +344,7 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget):
         settings = qt.QSettings()
 
         # server
-        box = ctk.ctkCollapsibleButton()
-        box.text = "Server"
-        self.layout.addWidget(box)
-        form = qt.QFormLayout(box)
+        form = self._section("Server")
         self.url = qt.QLineEdit(settings.value("AnomalyReview/url", "http://127.0.0.1:8000"))
         self.token = qt.QLineEdit()
         self.token.setEchoMode(qt.QLineEdit.Password)
@@ -360,10 +364,7 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget):
         form.addRow(self.options)
 
         # inputs
-        box = ctk.ctkCollapsibleButton()
-        box.text = "Run"
-        self.layout.addWidget(box)
-        form = qt.QFormLayout(box)
+        form = self._section("Run")
         self.inputs = {}
         for modality in MODALITIES:
             combo = slicer.qMRMLNodeComboBox()
@@ -393,10 +394,7 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget):
         form.addRow(self.status)
 
         # display
-        box = ctk.ctkCollapsibleButton()
-        box.text = "Anomaly map"
-        self.layout.addWidget(box)
-        form = qt.QFormLayout(box)
+        form = self._section("Anomaly map")
         self.threshold = ctk.ctkSliderWidget()
         self.threshold.decimals = 4
         self.threshold.toolTip = "Re-thresholds the float map on this computer; starts at the server's default"
@@ -419,10 +417,7 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget):
         form.addRow("Colours:", self.colors)
 
         # findings
-        box = ctk.ctkCollapsibleButton()
-        box.text = "Findings"
-        self.layout.addWidget(box)
-        vbox = qt.QVBoxLayout(box)
+        vbox = self._section("Findings", qt.QVBoxLayout)
         self.findings = qt.QTableWidget(0, 7)
         self.findings.setHorizontalHeaderLabels(["id", "state", "volume (mL)", "max", "mean", "centroid RAS", ""])
         self.findings.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
@@ -440,10 +435,7 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget):
         vbox.addWidget(self.counts)
 
         # case
-        box = ctk.ctkCollapsibleButton()
-        box.text = "Case"
-        self.layout.addWidget(box)
-        form = qt.QFormLayout(box)
+        form = self._section("Case")
         self.save_button = qt.QPushButton("Save reviewed segmentation as final label")
         self.strategy = qt.QComboBox()
         self.strategy.editable = True
