@@ -69,13 +69,13 @@ def _template_regions() -> sitk.Image:
 
 
 @functools.lru_cache(maxsize=8)
-def _regions_on(size: tuple, spacing: tuple, origin: tuple, direction: tuple) -> np.ndarray:
-    grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
-    grid.SetSpacing(spacing)
-    grid.SetOrigin(origin)
-    grid.SetDirection(direction)
-    lab = sitk.Resample(_template_regions(), grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
-    return np.transpose(sitk.GetArrayFromImage(lab), (2, 1, 0))  # (x, y, z) as the work arrays
+def _regions_on(affine: tuple, shape: tuple) -> np.ndarray:
+    """The tissue regions on a work grid (cached: an evaluation runs many cases on one grid)."""
+    from .geometry import image_to_xyz
+    from .pipeline import grid_from_affine
+
+    grid = grid_from_affine(np.asarray(affine).reshape(4, 4), shape)
+    return image_to_xyz(sitk.Resample(_template_regions(), grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
 
 
 def contrast_signature(case, modality: str) -> ContrastSignature | None:
@@ -83,10 +83,7 @@ def contrast_signature(case, modality: str) -> ContrastSignature | None:
     template space (no registration) or holds too little of each tissue."""
     if getattr(case, "mode", None) not in ("registered", "template-space") or modality not in case.arrays:
         return None
-    g = case.work_grid
-    labels = _regions_on(tuple(g.GetSize()), tuple(g.GetSpacing()), tuple(g.GetOrigin()), tuple(g.GetDirection()))
-    if labels.shape != case.brain.shape:
-        return None
+    labels = _regions_on(tuple(np.asarray(case.affine, float).ravel()), tuple(case.shape))
     template_brain = labels > 0
     both = int((case.brain & template_brain).sum())
     if not both or both < MIN_INSIDE * case.brain.sum() or both < MIN_COVER * template_brain.sum():
