@@ -198,7 +198,7 @@ class InpaintingDetector(_SlidingWindowDetector):
         Param("reduce", "mean", str, "overlapping windows: mean (published) or max", choices=("mean", "max")),
         Param("engine", "auto", str,
               "how G runs over the windows, both exact: 'local' recomputes only what each box changes (G's box "
-              "output from the clean slice's features; ~15x fewer operations), 'batched' runs G on every whole "
+              "output from the clean slice's features; about a tenth of the arithmetic), 'batched' runs G on every whole "
               "masked copy (uad_kernels); auto = local on a CPU, batched on CUDA",
               choices=("auto", "local", "batched")),
     )
