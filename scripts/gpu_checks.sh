@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # GPU checks and benchmarks for the H200 device machine, one stage per call (each fits the
-# device's 10-minute command limit). That machine has its own image (torch, triton, cupy, numpy;
-# no monailabel, no package registry), so nothing is installed: a temporary path entry makes
-# kernels/ importable as uad_kernels, and pytest runs without this repo's addopts (pytest-timeout
-# may be absent there).
+# device's 10-minute command limit). That machine has its own image (Python 3.12, torch, triton,
+# cupy, numpy 2; no MONAI, SimpleITK, nibabel or monailabel, no package registry), so nothing is
+# installed from a registry: a temporary path entry makes kernels/ importable as uad_kernels, every
+# stage imports only torch-level modules (networks.*, uad_kernels), and pytest runs without this
+# repo's addopts. Wheels in .whl/ (scripts/gpu_wheels.sh puts MONAI there, for the stitching
+# comparison with monai.inferers.sliding_window_inference) are unpacked to a temporary folder.
 #
 #   bash scripts/gpu_checks.sh STAGE [OUT]
 #   stages: kernels-tests  kernels-bench  inpainting  ppr  patchddm  detector-tests
@@ -16,6 +18,9 @@ mkdir -p "$out"
 shim=$(mktemp -d)
 trap 'rm -rf "$shim"' EXIT
 ln -s "$PWD/kernels" "$shim/uad_kernels"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$shim" .whl/*.whl
+fi
 export PYTHONPATH="$shim:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 pytest_gpu() { python -m pytest "$@" -m gpu -ra -o addopts= -p no:cacheprovider; }
 
@@ -27,7 +32,8 @@ case "$stage" in
                       --out "$out/ppr" ;;
   patchddm)       python benchmarks/patchddm/bench_step.py --size 256 --device cuda --tile 128 \
                       --out "$out/patchddm/h200_256.json" ;;
-  detector-tests) pytest_gpu tests/test_inpainting.py tests/test_patchddm.py 2>&1 | tee "$out/detector_tests.txt" ;;
+  detector-tests) pytest_gpu tests/test_inpainting_maps.py tests/test_patchddm_network.py 2>&1 \
+                      | tee "$out/detector_tests.txt" ;;
   *) echo "stage: expected one of kernels-tests kernels-bench inpainting ppr patchddm detector-tests, received '$stage'" >&2
      exit 2 ;;
 esac

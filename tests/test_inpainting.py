@@ -43,61 +43,6 @@ def test_generator_uses_bicubic_upsampling_and_keeps_the_shape():
         g(torch.rand(2, 1, 32, 32))
 
 
-def _loop_heatmap(g, img, brain, box, stride, fill):
-    """The published per-window loop: one G pass per window position touching the brain."""
-    S = img.shape[-1]
-    heat = torch.zeros(S, S)
-    count = torch.zeros(S, S)
-    with torch.no_grad():
-        for x0 in list(range(0, S - box + 1, stride)):
-            for y0 in list(range(0, S - box + 1, stride)):
-                if not brain[x0:x0 + box, y0:y0 + box].any():
-                    continue
-                copy = img.clone()
-                copy[x0:x0 + box, y0:y0 + box] = fill
-                rec = g(copy[None, None])[0, 0]
-                score = (rec[x0:x0 + box, y0:y0 + box] - img[x0:x0 + box, y0:y0 + box]).abs().mean()
-                heat[x0:x0 + box, y0:y0 + box] += score
-                count[x0:x0 + box, y0:y0 + box] += 1
-    return heat / count.clamp_min(1)
-
-
-def _disk(S, r):
-    yy, xx = np.mgrid[:S, :S]
-    return torch.from_numpy(((yy - S / 2) ** 2 + (xx - S / 2) ** 2) < r * r)
-
-
-@pytest.mark.parametrize("engine", ["batched", "local"])
-def test_batched_heatmap_equals_a_per_window_loop_of_the_same_generator(engine):
-    torch.manual_seed(0)
-    cfg = InpaintConfig(slice_size=32, ngf=4, box=8)
-    g = build_generator(cfg).eval()
-    brain = _disk(32, 12)
-    img = torch.rand(32, 32) * brain
-    det = InpaintingDetector()
-    params = {"metric": "l1", "score_in_brain": False, "reduce": "mean", "engine": engine}
-    batched = det._slice_map(g, cfg, params, img, brain, 8, 3, 17)  # odd batch: chunks of unequal size
-    loop = _loop_heatmap(g, img, brain, 8, 3, cfg.fill)
-    assert batched.shape == (32, 32)
-    assert float(loop.max()) > 0
-    torch.testing.assert_close(batched, loop, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("engine", ["batched", "local"])
-def test_batched_heatmap_on_cuda_matches_the_cpu_loop_within_bf16_tolerance(engine):
-    torch.manual_seed(0)
-    cfg = InpaintConfig(slice_size=64, ngf=4, box=16)
-    g = build_generator(cfg).eval()
-    brain = _disk(64, 24)
-    img = torch.rand(64, 64) * brain
-    loop = _loop_heatmap(g, img, brain, 16, 4, cfg.fill)
-    params = {"metric": "l1", "score_in_brain": False, "reduce": "mean", "engine": engine}
-    batched = InpaintingDetector()._slice_map(g.cuda(), cfg, params, img.cuda(), brain.cuda(), 16, 4, 512)
-    torch.testing.assert_close(batched.cpu(), loop, rtol=0.05, atol=0.02)
-
-
 def test_accumulated_scores_average_or_max_over_box_footprints():
     from uad_kernels import accumulate_scores, finalize_heatmap
 

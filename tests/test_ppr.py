@@ -10,9 +10,10 @@ import SimpleITK as sitk
 import torch
 
 from phantoms import brain_phantom
-from uad_label.detectors.ppr import (BOX_MM, brain_bbox, coarse_map, exact_map, hemisphere_scores, patch_map,
-                                     ras_to_unit, refine_blocks, unit_affine)
-from uad_label.networks.ppr import HALO, PATCH, STRIDE, PPRNet
+from uad_label.detectors.ppr import hemisphere_scores
+from uad_label.networks.ppr_maps import (BOX_MM, brain_bbox, coarse_map, exact_map, patch_map, ras_to_unit,
+                                         refine_blocks, unit_affine)
+from uad_label.networks.ppr import PATCH, STRIDE, PPRNet
 
 CPU = torch.device("cpu")
 

@@ -28,7 +28,7 @@ def main() -> int:
     import torch
 
     from benchmarks.common import environment
-    from uad_label.detectors.patchddm import network_call
+    from uad_label.networks.patchddm_inference import network_call
     from uad_label.diffusion import DiffusionSchedule
     from uad_label.networks.patchddm import PUBLISHED, PatchDDMUNet
 

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from uad_label.detectors.ppr import (brain_bbox, coarse_map, exact_map, intensity_input, patch_map,  # noqa: E402
-                                     refine_blocks, unit_affine)
 from uad_label.networks.ppr import build_ppr, count_parameters  # noqa: E402
+from uad_label.networks.ppr_maps import (brain_bbox, coarse_map, exact_map, intensity_input, patch_map,  # noqa: E402
+                                         refine_blocks, unit_affine)
 
 
 def _sync(device):

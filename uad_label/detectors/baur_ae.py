@@ -4,7 +4,6 @@ eroded, is the anomaly map."""
 from __future__ import annotations
 
 from .recon_base import RECON_PARAMS, VolumeReconDetector
-from .params import Param
 
 
 class BaurAE(VolumeReconDetector):

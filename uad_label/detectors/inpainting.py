@@ -211,29 +211,12 @@ class InpaintingDetector(_SlidingWindowDetector):
         return g.to(device).eval()
 
     def _slice_map(self, net, cfg, params, img, brain, box, stride, batch):
-        from uad_kernels import inpaint_heatmap
+        from ..networks.inpainting_maps import exact_slice_map
 
-        cuda = img.device.type == "cuda"
-        engine = params["engine"] if params["engine"] != "auto" else ("batched" if cuda else "local")
-        params["engine_used"] = engine
-        if engine == "local":
-            from ..networks.inpainting_local import LocalBoxInpainter, local_inpaint_heatmap
-
-            # one per slice: it holds the slice's features (a detector instance serves concurrent requests)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                return local_inpaint_heatmap(LocalBoxInpainter(net), img, box=box, stride=stride, fill=cfg.fill,
-                                             batch_size=batch, metric=params["metric"], brain_mask=brain,
-                                             only_brain=True, score_in_brain=params["score_in_brain"],
-                                             reduce=params["reduce"]).heatmap
-
-        def model(copies):
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                return net(copies).float()
-
-        res = inpaint_heatmap(img[None], model, box=box, stride=stride, fill=cfg.fill, batch_size=batch,
-                              metric=params["metric"], brain_mask=brain, only_brain=True,
-                              score_in_brain=params["score_in_brain"], reduce=params["reduce"])
-        return res.heatmap
+        heat, params["engine_used"] = exact_slice_map(
+            net, img, brain, box=box, stride=stride, fill=cfg.fill, batch_size=batch, metric=params["metric"],
+            score_in_brain=params["score_in_brain"], reduce=params["reduce"], engine=params["engine"])
+        return heat
 
 
 class InpaintingFastDetector(_SlidingWindowDetector):
@@ -251,17 +234,7 @@ class InpaintingFastDetector(_SlidingWindowDetector):
         return r.to(device).eval()
 
     def _slice_map(self, net, cfg, params, img, brain, box, stride, batch):
-        from uad_kernels import accumulate_scores, finalize_heatmap, inpaint_batch, inpaint_windows
+        from ..networks.inpainting_maps import fast_slice_map
 
-        cuda = img.device.type == "cuda"
-        starts = inpaint_windows(img.shape, box, stride, brain)
-        heat = torch.zeros_like(img)
-        count = torch.zeros_like(img)
-        with torch.no_grad():
-            for i in range(0, starts.shape[0], batch):
-                chunk = starts[i:i + batch]
-                copies = inpaint_batch(img[None], chunk, box, cfg.fill)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                    scores = net(copies).float() * cfg.err_scale
-                accumulate_scores(scores, chunk, box, heat, count)
-        return finalize_heatmap(heat, count)
+        return fast_slice_map(net, img, brain, box=box, stride=stride, fill=cfg.fill, err_scale=cfg.err_scale,
+                              batch_size=batch)

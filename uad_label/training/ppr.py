@@ -34,7 +34,7 @@ TEMPLATE_SHAPES = {(197, 233, 189), (182, 218, 182)}
 def _load_volume(files: dict, modalities, preprocessed):
     import SimpleITK as sitk
 
-    from ..detectors.ppr import intensity_input
+    from ..networks.ppr_maps import intensity_input
     from ..preprocess import PreprocessOptions, preprocess
 
     ref = sitk.ReadImage(str(files[modalities[0]]))
@@ -58,7 +58,7 @@ def train(request: TrainRequest) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from ..detectors.ppr import BOX_MM, unit_affine
+    from ..networks.ppr_maps import BOX_MM, unit_affine
     from ..networks.ppr import HALO, PATCH, STRIDE, build_ppr, count_parameters
     from ..weights import save_state
     from .data import healthy_cases
@@ -175,7 +175,7 @@ def train(request: TrainRequest) -> dict:
 
     # healthy error quantiles on the held-out volume, computed like the detector's default map
     report(0.85, "healthy error quantiles on the held-out volume")
-    from ..detectors.ppr import brain_bbox, coarse_map, exact_map
+    from ..networks.ppr_maps import brain_bbox, coarse_map, exact_map
 
     net.eval()
     m, b = unit_affine(held["affine"])
