@@ -120,9 +120,13 @@ def test_residual_modes_filters_and_healthy_mean():
 def test_volume_autoencoder_trains_serves_and_checks(tmp_path, no_package_weights, name):
     ds = _datastore(tmp_path / "ds", "FLAIR")
     overrides = {**TINY[name], "canvas": [16, 16, 16], "factor": 2, "epochs": 2, "batch_size": 2}
+    if name == "ae3d":
+        overrides["exclude_above"] = 1.25  # the phantoms' lesion-free brains: nothing is that bright
     summary = get_trainer(name)(TrainRequest([ds], "cpu", no_package_weights, "cpu", overrides))
     assert summary["epochs"] == 2 and np.isfinite(summary["best_val_loss"])
     card = json.loads((no_package_weights / f"{name}.json").read_text(encoding="utf-8"))
+    assert card["exclude_above"] == overrides.get("exclude_above")
+    assert len(card["excluded_brain_fraction"]) == 3 and all(0 <= f < 1 for f in card["excluded_brain_fraction"].values())
     assert card["detector"] == name and card["data"]["n_val"] == 1 and card["data"]["n_train"] == 2
     assert "abs/median5/raw" in card["thresholds"] and card["loss"] == ("l1" if name == "baur_ae" else "mse")
     det = get_detector(name)
@@ -155,6 +159,28 @@ def test_untrained_detectors_say_so(no_package_weights):
         assert det.info()["trained"] is False
         with pytest.raises(UntrainedError, match=f"uad train {name}"):
             det.detect({mod: img}, {"preprocessed": True})
+
+
+def test_loss_weights_leave_bright_brain_voxels_and_their_neighbours_out():
+    from uad_label.training.recon_common import loss_weights, weighted_loss
+
+    x = torch.full((2, 1, 8, 8, 8), 0.5)
+    b = torch.zeros_like(x, dtype=torch.bool)
+    b[:, :, 1:7, 1:7, 1:7] = True
+    x[0, 0, 3, 3, 3] = 0.8  # 1.6 x the brain median, inside the brain
+    x[1, 0, 0, 0, 0] = 0.8  # as bright, outside the brain: background stays in the loss
+    w = loss_weights(x, b, 1.25)
+    assert w[0, 0, 2:5, 2:5, 2:5].sum() == 0 and w[0].sum() == 8 ** 3 - 27
+    assert w[1].sum() == 8 ** 3
+    assert torch.equal(loss_weights(x, b, None), torch.ones_like(x))
+    pred = torch.rand_like(x)
+    ones = torch.ones_like(x)
+    assert weighted_loss(pred, x, ones, "l1") == pytest.approx(float(torch.nn.functional.l1_loss(pred, x)))
+    assert weighted_loss(pred, x, ones, "mse") == pytest.approx(float(torch.nn.functional.mse_loss(pred, x)))
+    pred[0, 0, 3, 3, 3] = 100.0  # an error on an excluded voxel does not count
+    assert weighted_loss(pred, x, w, "l1") < 1.0
+    with pytest.raises(ValueError, match="exclude_above: expected a ratio to the brain median above 1"):
+        loss_weights(x, b, 0.9)
 
 
 def test_bad_overrides_and_canvas(tmp_path, no_package_weights):

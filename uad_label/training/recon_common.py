@@ -63,6 +63,28 @@ def load_healthy_volumes(request: TrainRequest, modality: str, canvas, factor: i
     return torch.cat(xs), torch.cat(bs), [str(c[modality]) for c, _, _ in cases]
 
 
+def loss_weights(x: torch.Tensor, b: torch.Tensor, exclude_above: float | None) -> torch.Tensor:
+    """(N, 1, *canvas) float weights of the reconstruction loss: 1, except brain voxels brighter than
+    `exclude_above` times the brain median (normalised value 0.5 * exclude_above) and their 26
+    neighbours, which get 0. For training on patients' scans when no healthy cohort exists: the
+    network is not asked to reproduce what may be a lesion (FLAIR/T2-hyperintense), so it keeps
+    flagging it. None: every voxel counts (the published loss)."""
+    if exclude_above is None:
+        return torch.ones_like(x)
+    if not exclude_above > 1.0:
+        raise ValueError(f"exclude_above: expected a ratio to the brain median above 1 (e.g. 1.25), "
+                         f"received {exclude_above}")
+    bright = (x > 0.5 * float(exclude_above)) & b.reshape(x.shape)
+    grown = torch.nn.functional.max_pool3d(bright.float(), 3, stride=1, padding=1) > 0
+    return (~grown).float()
+
+
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean L1 or squared error over the voxels with weight 1 (all voxels: torch's L1Loss / MSELoss)."""
+    err = (pred - target).abs() if kind == "l1" else (pred - target) ** 2
+    return (err * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Left-right flips and a random intensity gain / gamma per volume (healthy appearance kept)."""
     out = []
@@ -81,7 +103,7 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     from ..weights import save_state
 
     cfg = {**defaults["common"], **defaults[request.config]}
-    unknown = sorted(set(request.overrides) - set(cfg) - {"preprocessed", "max_cases", "steps"})
+    unknown = sorted(set(request.overrides) - set(cfg) - {"preprocessed", "max_cases", "steps", "exclude_above"})
     if unknown:
         raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(cfg)}")
     cfg.update({k: v for k, v in request.overrides.items() if k in cfg})
@@ -100,6 +122,9 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     x, b, files = load_healthy_volumes(request, cfg["modality"], canvas, int(cfg["factor"]),
                                        request.overrides.get("preprocessed"), request.overrides.get("max_cases"),
                                        progress)
+    exclude_above = request.overrides.get("exclude_above")
+    w = loss_weights(x, b, None if exclude_above is None else float(exclude_above))
+    excluded = [round(float(((1 - wi) * bi.reshape(wi.shape)).sum() / bi.sum().clamp_min(1)), 5) for wi, bi in zip(w, b)]
     n_val = max(1, int(round(cfg["val_fraction"] * len(x))))
     perm = torch.randperm(len(x), generator=gen)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
@@ -107,7 +132,7 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
 
     net = network_module.build(**net_cfg).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
-    loss_fn = torch.nn.L1Loss() if cfg["loss"] == "l1" else torch.nn.MSELoss()
+    kind = "l1" if cfg["loss"] == "l1" else "mse"
     amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     bs = int(cfg["batch_size"])
@@ -123,9 +148,10 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
         order = train_idx[torch.randperm(len(train_idx), generator=gen)]
         losses = []
         for i in range(0, len(order), bs):
-            xb = augment(x[order[i:i + bs]], gen).to(device)
+            idx = order[i:i + bs]
+            xb = augment(x[idx], gen).to(device)
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                loss = loss_fn(net(xb).float(), xb)
+                loss = weighted_loss(net(xb).float(), xb, w[idx].to(device), kind)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -134,7 +160,7 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
             steps += 1
             if time.perf_counter() - t1 > budget or (max_steps and steps >= max_steps):
                 break
-        val = _evaluate(net, x[val_idx], loss_fn, device, amp)
+        val = _evaluate(net, x[val_idx], w[val_idx], kind, device, amp)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val})
         if val < best[0]:
             best = (val, copy.deepcopy(net.state_dict()), epoch + 1)
@@ -149,8 +175,8 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     train_s = time.perf_counter() - t1
     net.load_state_dict(best[1])
     progress(0.92, "calibrating thresholds on the healthy validation volumes")
-    thresholds, means, cal_info = calibrate(net, x[val_idx], b[val_idx], device, float(cfg["threshold_percentile"]),
-                                            int(cfg["factor"]))
+    thresholds, means, cal_info = calibrate(net, x[val_idx], b[val_idx] & (w[val_idx] > 0).reshape(b[val_idx].shape),
+                                            device, float(cfg["threshold_percentile"]), int(cfg["factor"]))
     # float16 on disk (the shipped files stay small); the detector loads them back as float32
     state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
              for k, v in net.state_dict().items()}
@@ -159,7 +185,9 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     card = {
         "detector": name, "config": request.config, "network": net_cfg, "modality": cfg["modality"],
         "canvas": list(canvas), "factor": int(cfg["factor"]), "normalisation": "x * 0.5 / brain median, clip [0, 2]",
-        "loss": cfg["loss"], "optimizer": "Adam", "lr": float(cfg["lr"]), "batch_size": bs,
+        "loss": cfg["loss"], "exclude_above": exclude_above,
+        "excluded_brain_fraction": dict(zip((Path(f).name for f in files), excluded)),
+        "optimizer": "Adam", "lr": float(cfg["lr"]), "batch_size": bs,
         "epochs_run": len(history), "steps": steps, "best_epoch": best[2], "best_val_loss": best[0],
         "history": history, "seconds": {"load": round(load_s, 1), "train": round(train_s, 1)},
         "data": {"sources": [str(s) for s in request.data], "n_train": len(train_idx), "n_val": len(val_idx),
@@ -176,13 +204,13 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
 
 
 @torch.no_grad()
-def _evaluate(net, x, loss_fn, device, amp) -> float:
+def _evaluate(net, x, w, kind, device, amp) -> float:
     net.eval()
     losses = []
-    for v in x:
+    for v, wv in zip(x, w):
         xb = v[None].to(device)
         with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-            losses.append(float(loss_fn(net(xb).float(), xb)))
+            losses.append(float(weighted_loss(net(xb).float(), xb, wv[None].to(device), kind)))
     return float(np.mean(losses))
 
 
