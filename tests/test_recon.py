@@ -181,6 +181,8 @@ def test_loss_weights_leave_bright_brain_voxels_and_their_neighbours_out():
     assert weighted_loss(pred, x, w, "l1") < 1.0
     with pytest.raises(ValueError, match="exclude_above: expected a ratio to the brain median above 1"):
         loss_weights(x, b, 0.9)
+    with pytest.raises(ValueError, match="exclude_above: .* received 'high'"):
+        loss_weights(x, b, "high")
 
 
 def test_bad_overrides_and_canvas(tmp_path, no_package_weights):

@@ -70,33 +70,29 @@ def main() -> int:
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=amp):
             return net(inp, tt).float()
 
-    with torch.inference_mode():
-        forward(x, t)  # warm-up (cuDNN autotuning)
+    def timed(call):
+        """(seconds of each of a.repeats calls after one warm-up (cuDNN autotuning), last output);
+        the peak-memory counters start after the warm-up."""
+        call(x, t)
         sync()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        times = []
+        seconds, out = [], None
         for _ in range(a.repeats):
             t0 = time.perf_counter()
-            forward(x, t)
+            out = call(x, t)
             sync()
-            times.append(time.perf_counter() - t0)
+            seconds.append(time.perf_counter() - t0)
+        return seconds, out
+
+    with torch.inference_mode():
+        times, _ = timed(forward)
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         reserved = torch.cuda.max_memory_reserved() / 2**30 if cuda else None
         tiled = None
         if a.tile:
             whole_eps = forward(x, t)
-            tiled_call = network_call(net, (a.tile,) * 3, a.tile_overlap, cuda)
-            tiled_call(x, t)
-            sync()
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            ttimes = []
-            for _ in range(a.repeats):
-                t0 = time.perf_counter()
-                eps = tiled_call(x, t)
-                sync()
-                ttimes.append(time.perf_counter() - t0)
+            ttimes, eps = timed(network_call(net, (a.tile,) * 3, a.tile_overlap, cuda))
             tiled = {"tile": a.tile, "overlap": a.tile_overlap, "seconds_per_step": sorted(ttimes)[len(ttimes) // 2],
                      "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
                      "relative_mean_abs_difference_to_whole": float((eps - whole_eps).abs().mean()

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..networks.inpainting_maps import ENGINES, exact_slice_map, fast_slice_map
 from .base import Detector
 from .params import Param
 
@@ -200,7 +201,7 @@ class InpaintingDetector(_SlidingWindowDetector):
               "how G runs over the windows, both exact: 'local' recomputes only what each box changes (G's box "
               "output from the clean slice's features; about a tenth of the arithmetic), 'batched' runs G on every whole "
               "masked copy (uad_kernels); auto = local on a CPU, batched on CUDA",
-              choices=("auto", "local", "batched")),
+              choices=ENGINES),
     )
 
     def _network(self, state, cfg, device):
@@ -211,8 +212,6 @@ class InpaintingDetector(_SlidingWindowDetector):
         return g.to(device).eval()
 
     def _slice_map(self, net, cfg, params, img, brain, box, stride, batch):
-        from ..networks.inpainting_maps import exact_slice_map
-
         heat, params["engine_used"] = exact_slice_map(
             net, img, brain, box=box, stride=stride, fill=cfg.fill, batch_size=batch, metric=params["metric"],
             score_in_brain=params["score_in_brain"], reduce=params["reduce"], engine=params["engine"])
@@ -234,7 +233,5 @@ class InpaintingFastDetector(_SlidingWindowDetector):
         return r.to(device).eval()
 
     def _slice_map(self, net, cfg, params, img, brain, box, stride, batch):
-        from ..networks.inpainting_maps import fast_slice_map
-
         return fast_slice_map(net, img, brain, box=box, stride=stride, fill=cfg.fill, err_scale=cfg.err_scale,
                               batch_size=batch)

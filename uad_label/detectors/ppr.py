@@ -20,7 +20,8 @@ import time
 
 import numpy as np
 
-from ..networks.ppr_maps import brain_bbox, coarse_map, exact_map, intensity_input, patch_map, refine_blocks, unit_affine
+from ..networks.ppr_maps import (brain_bbox, coarse_map, exact_map, intensity_input, patch_map, refine_blocks,
+                                unit_affine)
 from .base import Detector, MapOutput
 from .params import Param
 

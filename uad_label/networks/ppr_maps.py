@@ -40,15 +40,23 @@ def intensity_input(case, modalities) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
+def _unit_on_axes(m, b, ax):
+    """(3, len(ax[0]), len(ax[1]), len(ax[2])) true unit positions of the voxel grid spanned by the
+    three 1-D float tensors of voxel indices `ax`."""
+    import torch
+
+    mt = torch.as_tensor(m, dtype=torch.float32, device=ax[0].device)
+    bt = torch.as_tensor(b, dtype=torch.float32, device=ax[0].device)
+    return (mt[:, 0, None, None, None] * ax[0][:, None, None] + mt[:, 1, None, None, None] * ax[1][None, :, None]
+            + mt[:, 2, None, None, None] * ax[2][None, None, :] + bt[:, None, None, None])
+
+
 def _true_unit(m, b, starts, sizes, device):
     """(3, sx, sy, sz) true unit positions of a box of voxels."""
     import torch
 
-    ax = [torch.arange(s0, s0 + n, device=device, dtype=torch.float32) for s0, n in zip(starts, sizes)]
-    mt = torch.as_tensor(m, dtype=torch.float32, device=device)
-    bt = torch.as_tensor(b, dtype=torch.float32, device=device)
-    return (mt[:, 0, None, None, None] * ax[0][:, None, None] + mt[:, 1, None, None, None] * ax[1][None, :, None]
-            + mt[:, 2, None, None, None] * ax[2][None, None, :] + bt[:, None, None, None])
+    return _unit_on_axes(m, b, [torch.arange(s0, s0 + n, device=device, dtype=torch.float32)
+                                for s0, n in zip(starts, sizes)])
 
 
 def _error_mm(pred, true):
@@ -146,11 +154,7 @@ def coarse_map(net, image, m, b, bbox, device, slab_voxels=8_000_000):
             pred = net(inp)[0]
         ax = [torch.arange(n, device=device, dtype=torch.float32) * STRIDE + s0
               for n, s0 in zip(pred.shape[1:], (x0, lo[1], lo[2]))]
-        mt = torch.as_tensor(m, dtype=torch.float32, device=device)
-        bt = torch.as_tensor(b, dtype=torch.float32, device=device)
-        true = (mt[:, 0, None, None, None] * ax[0][:, None, None] + mt[:, 1, None, None, None] * ax[1][None, :, None]
-                + mt[:, 2, None, None, None] * ax[2][None, None, :] + bt[:, None, None, None])
-        grid[n0:n1] = _error_mm(pred, true)
+        grid[n0:n1] = _error_mm(pred, _unit_on_axes(m, b, ax))
     fine = F.interpolate(grid[None, None], size=span, mode="trilinear", align_corners=True)[0, 0]
     out = torch.zeros(image.shape[1:], dtype=torch.float32, device=device)
     out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = fine[:size[0], :size[1], :size[2]]

@@ -63,18 +63,23 @@ def load_healthy_volumes(request: TrainRequest, modality: str, canvas, factor: i
     return torch.cat(xs), torch.cat(bs), [str(c[modality]) for c, _, _ in cases]
 
 
-def loss_weights(x: torch.Tensor, b: torch.Tensor, exclude_above: float | None) -> torch.Tensor:
-    """(N, 1, *canvas) float weights of the reconstruction loss: 1, except brain voxels brighter than
+def loss_weights(x: torch.Tensor, b: torch.Tensor, exclude_above) -> torch.Tensor:
+    """(N, 1, *canvas) float weights of the reconstruction loss for volumes x and brain masks b of
+    the same shape: 1, except brain voxels brighter than
     `exclude_above` times the brain median (normalised value 0.5 * exclude_above) and their 26
     neighbours, which get 0. For training on patients' scans when no healthy cohort exists: the
     network is not asked to reproduce what may be a lesion (FLAIR/T2-hyperintense), so it keeps
     flagging it. None: every voxel counts (the published loss)."""
     if exclude_above is None:
         return torch.ones_like(x)
-    if not exclude_above > 1.0:
+    try:
+        ratio = float(exclude_above)
+    except (TypeError, ValueError):
+        ratio = float("nan")
+    if not ratio > 1.0:
         raise ValueError(f"exclude_above: expected a ratio to the brain median above 1 (e.g. 1.25), "
-                         f"received {exclude_above}")
-    bright = (x > 0.5 * float(exclude_above)) & b.reshape(x.shape)
+                         f"received {exclude_above!r}")
+    bright = (x > 0.5 * ratio) & b
     grown = torch.nn.functional.max_pool3d(bright.float(), 3, stride=1, padding=1) > 0
     return (~grown).float()
 
@@ -103,9 +108,10 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     from ..weights import save_state
 
     cfg = {**defaults["common"], **defaults[request.config]}
-    unknown = sorted(set(request.overrides) - set(cfg) - {"preprocessed", "max_cases", "steps", "exclude_above"})
+    extra_keys = {"preprocessed", "max_cases", "steps", "exclude_above"}
+    unknown = sorted(set(request.overrides) - set(cfg) - extra_keys)
     if unknown:
-        raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(cfg)}")
+        raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(set(cfg) | extra_keys)}")
     cfg.update({k: v for k, v in request.overrides.items() if k in cfg})
     if request.config not in ("cpu", "full"):
         raise ValueError(f"config: expected 'cpu' or 'full', received {request.config!r}")
@@ -123,8 +129,9 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
                                        request.overrides.get("preprocessed"), request.overrides.get("max_cases"),
                                        progress)
     exclude_above = request.overrides.get("exclude_above")
-    w = loss_weights(x, b, None if exclude_above is None else float(exclude_above))
-    excluded = [round(float(((1 - wi) * bi.reshape(wi.shape)).sum() / bi.sum().clamp_min(1)), 5) for wi, bi in zip(w, b)]
+    w = loss_weights(x, b, exclude_above)
+    in_loss = w > 0
+    excluded = [round(float((bi & ~ki).sum() / bi.sum().clamp_min(1)), 5) for bi, ki in zip(b, in_loss)]
     n_val = max(1, int(round(cfg["val_fraction"] * len(x))))
     perm = torch.randperm(len(x), generator=gen)
     val_idx, train_idx = perm[:n_val], perm[n_val:]
@@ -175,8 +182,8 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     train_s = time.perf_counter() - t1
     net.load_state_dict(best[1])
     progress(0.92, "calibrating thresholds on the healthy validation volumes")
-    thresholds, means, cal_info = calibrate(net, x[val_idx], b[val_idx] & (w[val_idx] > 0).reshape(b[val_idx].shape),
-                                            device, float(cfg["threshold_percentile"]), int(cfg["factor"]))
+    thresholds, means, cal_info = calibrate(net, x[val_idx], b[val_idx] & in_loss[val_idx], device,
+                                            float(cfg["threshold_percentile"]), int(cfg["factor"]))
     # float16 on disk (the shipped files stay small); the detector loads them back as float32
     state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
              for k, v in net.state_dict().items()}
