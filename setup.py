@@ -8,13 +8,14 @@ HERE = Path(__file__).parent
 
 def _requirements(name: str) -> list[str]:
     lines = (HERE / "requirements" / name).read_text().splitlines()
-    return [l.strip() for l in lines if l.strip() and not l.startswith(("#", "-r"))]
+    return [line.strip() for line in lines if line.strip() and not line.startswith(("#", "-r"))]
 
 
 setup(
     name="uad-label",
     version="0.1.0",
-    description="Unsupervised anomaly detection for brain MRI: MONAI Label server app, GPU kernels, 3D Slicer review module",
+    description=("Unsupervised anomaly detection for brain MRI: MONAI Label server app, GPU kernels, "
+                 "3D Slicer review module"),
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
@@ -28,6 +29,7 @@ setup(
     package_data={"uad_label": ["assets/*", "assets/**/*"]},
     include_package_data=True,
     install_requires=_requirements("base.txt"),
-    extras_require={"dev": _requirements("dev.txt")},
+    extras_require={"dev": _requirements("dev.txt"), "samseg": _requirements("samseg.txt"),
+                    "ray": _requirements("ray.txt")},
     entry_points={"console_scripts": ["uad=uad_label.cli.main:main"]},
 )

@@ -71,6 +71,8 @@ def resolve_backend(backend: str | None, device: torch.device, *, kernel: str, o
         return "reference"
     if backend != kernel:
         raise ValueError(f"{op}: backend must be 'auto', 'reference' or {kernel!r} for this op, got {backend!r}")
+    if kernel == "cupy" and not has_cupy():
+        raise ValueError(f"{op}: backend='cupy' requested but CuPy with a CUDA device is not available")
     if kernel == "triton":
         if not has_triton():
             raise ValueError(f"{op}: backend='triton' requested but the triton package is not installed")
@@ -87,7 +89,8 @@ def check_tensor(name: str, t, *, ndims: Sequence[int] | None = None, dtypes=Non
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if ndims is not None and t.ndim not in tuple(ndims):
-        raise ValueError(f"{op}: {name} must have {' or '.join(map(str, ndims))} dimensions, got {t.ndim} (shape {tuple(t.shape)})")
+        raise ValueError(f"{op}: {name} must have {' or '.join(map(str, ndims))} dimensions, "
+                         f"got {t.ndim} (shape {tuple(t.shape)})")
     if dtypes is not None and t.dtype not in tuple(dtypes):
         raise ValueError(f"{op}: {name} must have dtype in {[str(d) for d in dtypes]}, got {t.dtype}")
     return t

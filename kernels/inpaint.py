@@ -23,8 +23,19 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from ._common import (FLOAT_DTYPES, check_choice, check_fits, check_same_device, check_sizes, check_tensor,
-                      grid_starts, has_triton, next_pow2, pad_to3, resolve_backend)
+from ._common import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_fits,
+    check_same_device,
+    check_sizes,
+    check_tensor,
+    grid_starts,
+    has_triton,
+    next_pow2,
+    pad_to3,
+    resolve_backend,
+)
 
 METRICS = ("l1", "l2")
 REDUCES = ("mean", "max")

@@ -16,8 +16,19 @@ from collections.abc import Sequence
 
 import torch
 
-from ._common import (FLOAT_DTYPES, check_choice, check_fits, check_same_device, check_sizes, check_tensor,
-                      grid_starts, has_triton, next_pow2, pad_to3, resolve_backend)
+from ._common import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_fits,
+    check_same_device,
+    check_sizes,
+    check_tensor,
+    grid_starts,
+    has_triton,
+    next_pow2,
+    pad_to3,
+    resolve_backend,
+)
 
 PADDINGS = ("zero", "reflect", "replicate")
 COORDS = (None, "unit", "symmetric")

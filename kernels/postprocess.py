@@ -26,7 +26,7 @@ import functools
 import numpy as np
 import torch
 
-from ._common import has_cupy
+from ._common import resolve_backend
 
 MASKED_HISTOGRAM_SRC = r"""
 extern "C" __global__ void masked_histogram(const float* __restrict__ x, const unsigned char* __restrict__ mask,
@@ -68,22 +68,8 @@ def _kind(x, op: str, name: str) -> str:
 
 
 def _use_gpu(kind: str, backend: str, op: str) -> bool:
-    if backend not in ("auto", "reference", "cupy"):
-        raise ValueError(f"{op}: backend must be 'auto', 'reference' or 'cupy', got {backend!r}")
-    import os
-
-    if backend == "auto":
-        backend = os.environ.get("UAD_KERNELS_BACKEND", "auto") or "auto"
-        if backend not in ("auto", "reference", "cupy"):
-            backend = "auto"
-    gpu_data = kind in ("torch-cuda", "cupy")
-    if backend == "reference":
-        return False
-    if backend == "cupy" and not has_cupy():
-        raise ValueError(f"{op}: backend='cupy' requested but CuPy with a CUDA device is not available")
-    if backend == "cupy" and not gpu_data:
-        return True
-    return gpu_data and has_cupy()
+    device = torch.device("cuda" if kind in ("torch-cuda", "cupy") else "cpu")
+    return resolve_backend(backend, device, kernel="cupy", op=op) == "cupy"
 
 
 def _to_np(x, kind):

@@ -21,8 +21,18 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ._common import (FLOAT_DTYPES, check_choice, check_same_device, check_sizes, check_tensor, grid_starts,
-                      has_triton, next_pow2, pad_to3, resolve_backend)
+from ._common import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_same_device,
+    check_sizes,
+    check_tensor,
+    grid_starts,
+    has_triton,
+    next_pow2,
+    pad_to3,
+    resolve_backend,
+)
 from .patch_gather import extract_patches
 
 BLEND_MODES = ("constant", "gaussian")
@@ -138,7 +148,8 @@ def sliding_window_starts(image_size: Sequence[int], roi_size: Sequence[int] | i
 
 
 def overlap_add(patches: torch.Tensor, starts: torch.Tensor, out: torch.Tensor, weight: torch.Tensor | None = None,
-                count: torch.Tensor | None = None, *, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
+                count: torch.Tensor | None = None, *,
+                backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Accumulate ``weight * patches[k]`` into ``out[:, window k]`` and ``weight`` into
     ``count[window k]``, in place. patches (K, C, *roi), starts (K, d) corners inside the image,
     out (C, *spatial) float32, count (*spatial) float32 or None, weight (*roi) or None (ones).

@@ -19,6 +19,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
   # The constraints file keeps torch on the CPU build: monailabel would otherwise pull a CUDA torch.
   .venv/bin/python -m pip install -q -c requirements/constraints.txt -r requirements/dev.txt
+  # optional extra `samseg` (FreeSurfer SAMSEG + CPU TensorFlow) so the tests run the samseg detector
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -r requirements/samseg.txt
+  # optional extra `ray` so the tests run `uad batch --engine ray` on a local cluster
+  .venv/bin/python -m pip install -q -c requirements/constraints.txt -r requirements/ray.txt
   .venv/bin/python -m pip install -q -c requirements/constraints.txt --no-deps --no-build-isolation -e .
   echo "$WANT" > "$STAMP"
 fi

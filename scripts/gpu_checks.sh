@@ -26,7 +26,7 @@ pytest_gpu() { python -m pytest "$@" -m gpu -ra -o addopts= -p no:cacheprovider;
 
 case "$stage" in
   kernels-tests)  pytest_gpu tests/kernels 2>&1 | tee "$out/kernels_tests.txt" ;;
-  kernels-bench)  python -m uad_kernels.bench --device cuda --out "$out/kernels" 2>&1 | tee "$out/kernels_bench.txt" ;;
+  kernels-bench)  python benchmarks/kernels/bench_kernels.py --device cuda --out "$out/kernels" 2>&1 | tee "$out/kernels_bench.txt" ;;
   inpainting)     python benchmarks/inpainting/bench_speed.py --device cuda --volume --out "$out/inpainting" ;;
   ppr)            python benchmarks/ppr/bench_ppr.py --device cuda --size 256 --width 16 --patch-sample 200000 \
                       --out "$out/ppr" ;;

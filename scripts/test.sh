@@ -12,5 +12,7 @@ if ! command -v Orthanc >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-
     echo "[test] could not install orthanc (see /tmp/uad-apt.log); the DICOMweb tests will be skipped"
   fi
 fi
+echo "[test] ruff check (pyproject.toml)"
+.venv/bin/ruff check .
 export TRITON_INTERPRET=1  # no GPU here or on CI: Triton kernels run in the CPU interpreter
 exec .venv/bin/python -m pytest -ra "$@"

@@ -9,6 +9,8 @@ Active learning / scoring (see docs/label_loop.md):
   --conf strategy_k 5 --conf strategy_reset 600    top-k and re-serve interval of the strategies
   --conf finetune_model NAME --conf finetune_every N   fine-tune after N new final labels
   --conf infer_concurrency N                       inferences computed at once (default: CPU count)
+  --conf threads N                                 torch / SimpleITK threads of the process (default: UAD_THREADS)
+  --conf ray_address ADDR                          batch inference on that Ray cluster (default: in-process)
   --conf auto_score true                           score on start, after next-sample, training and each
                                                    final label (incremental, in-process; default false)
 """
@@ -33,6 +35,9 @@ def _flag(value, default=True) -> bool:
 class UADApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         conf = conf or {}
+        from uad_label.runtime import configure_threads
+
+        configure_threads(conf.get("threads"))  # --conf threads N (else UAD_THREADS): once, never per request
         self.detector_names = enabled_detectors(conf)
         # weights trained through the server go to <app>/model and take precedence over shipped ones
         import os
@@ -48,8 +53,8 @@ class UADApp(MONAILabelApp):
                          labels=["anomaly"])
         # at most `infer_concurrency` inferences compute at once (default: the CPU count); more requests
         # wait in the queue instead of fighting over the cores, so /info stays fast under load
-        from concurrent.futures import ThreadPoolExecutor
         import os
+        from concurrent.futures import ThreadPoolExecutor
 
         n = int(conf.get("infer_concurrency", 0) or 0) or (os.cpu_count() or 1)
         if self._infers_threadpool is None:
@@ -76,11 +81,13 @@ class UADApp(MONAILabelApp):
         return {name: DetectorInfer(name) for name in self.detector_names}
 
     def init_trainers(self):
+        from lib.trainers.calibrate import calibration_trainers
         from lib.trainers.detector import DetectorTrain
 
         from uad_label.training import trainers
 
-        return {name: DetectorTrain(name, self.weights_dir) for name in self.detector_names if name in trainers()}
+        tasks = {name: DetectorTrain(name, self.weights_dir) for name in self.detector_names if name in trainers()}
+        return {**tasks, **calibration_trainers(self.detector_names, self.weights_dir)}  # calibrate_<detector>
 
     def init_strategies(self):
         return default_strategies(k=int(self.conf.get("strategy_k", 5)),
@@ -92,7 +99,8 @@ class UADApp(MONAILabelApp):
     def init_batch_infer(self):
         from uad_label.batch.server import DetectorBatchInfer
 
-        return DetectorBatchInfer(self.scoring_params, primary=self.active_detector)
+        return DetectorBatchInfer(self.scoring_params, primary=self.active_detector,
+                                  ray_address=self.conf.get("ray_address") or None)
 
     def async_scoring(self, method, params=None):
         """Automatic re-scoring (start, next sample, training, label save): in-process, incremental, one

@@ -21,20 +21,22 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, studies: Path, log: Path, conf: dict | None = None):
+    def __init__(self, studies: Path, log: Path, conf: dict | None = None, env: dict | None = None):
+        """`env` adds environment variables (e.g. TMPDIR: a temp folder the test can watch)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "uad_label.cli.main", "serve", "--studies", str(studies), "--port", str(self.port)]
         for k, v in (conf or {}).items():
             cmd += ["--conf", k, v]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.log = open(log, "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {log.read_text(encoding='utf-8')[-3000:]}")
+                tail = log.read_text(encoding="utf-8")[-3000:]
+                raise RuntimeError(f"server exited with {self.proc.returncode}; log: {tail}")
             try:
                 if requests.get(self.url + "/info/", timeout=2).status_code == 200:
                     return

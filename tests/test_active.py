@@ -7,8 +7,8 @@ import threading
 
 import pytest
 import SimpleITK as sitk
-
 from phantoms import brain_phantom
+
 from uad_label.active.cases import representatives, unlabeled_representatives
 from uad_label.active.datastore import SafeLocalDatastore
 from uad_label.active.scoring import score_datastore

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import requests
 import SimpleITK as sitk
-
 from phantoms import brain_phantom
 from server_fixture import Server
 

@@ -5,8 +5,8 @@ import csv
 import json
 
 import SimpleITK as sitk
-
 from phantoms import brain_phantom
+
 from uad_label.cli.main import main
 
 

@@ -8,18 +8,18 @@ import io
 import json
 import os
 
-import numpy as np
 import pydicom
 import pytest
 import requests
 import SimpleITK as sitk
-
-from shared_data import shared_path
 from server_fixture import Server
+from shared_data import shared_path
+
 from uad_label.dicom.orthanc import Orthanc, dicomweb_plugin, orthanc_binary
 
 pytestmark = pytest.mark.skipif(not (orthanc_binary() and dicomweb_plugin()),
-                                reason="Orthanc + DICOMweb plugin not installed (apt-get install -y orthanc orthanc-dicomweb)")
+                                reason="Orthanc + DICOMweb plugin not installed "
+                                       "(apt-get install -y orthanc orthanc-dicomweb)")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,8 @@ def test_mr_series_appears_runs_and_label_goes_back_as_seg(pacs, server, tmp_pat
                          files={"label": ("label.nii.gz", f)}, timeout=300)
     assert r.status_code == 200, r.text[:500]
     segs = [s for s in o.series() if s["MainDicomTags"].get("Modality") == "SEG"
-            or requests.get(f"{o.url}/instances/{s['Instances'][0]}/simplified-tags", timeout=30).json().get("Modality") == "SEG"]
+            or requests.get(f"{o.url}/instances/{s['Instances'][0]}/simplified-tags",
+                            timeout=30).json().get("Modality") == "SEG"]
     assert len(segs) == 1, o.series()
     raw = requests.get(f"{o.url}/instances/{segs[0]['Instances'][0]}/file", timeout=60).content
     seg = pydicom.dcmread(io.BytesIO(raw))

@@ -7,15 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from phantoms import brain_phantom
-from uad_label.evaluation.cases import discover_cases, flat_case_id
+
+from uad_label.cases import find_cases, split_name
 from uad_label.evaluation.evaluate import evaluate
 
 
 def uad(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "uad_label.cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
+                          encoding="utf-8", cwd=cwd, timeout=600)
 
 
 def test_reference_numbers_on_mslub_patient26(patient26, tmp_path):
@@ -70,11 +70,11 @@ def test_flat_datastore_layout_is_discovered(tmp_path):
     sitk.WriteImage(img, str(tmp_path / "sub-000_T1.nii.gz"))
     (tmp_path / "ground_truth").mkdir()
     sitk.WriteImage(gt, str(tmp_path / "ground_truth" / "sub-000.nii.gz"))
-    cases = discover_cases(tmp_path)
+    cases = find_cases(tmp_path, require_gt=True)
     assert [c.case_id for c in cases] == ["sub-000"]
     assert set(cases[0].images) == {"FLAIR", "T1"} and cases[0].gt.name == "sub-000.nii.gz"
-    assert flat_case_id("p01_t2w.nrrd") == ("p01", "T2")
-    assert flat_case_id("scan.nii.gz") is None
+    assert split_name("p01_t2w.nrrd") == ("p01", "T2")
+    assert split_name("scan.nii.gz") is None
 
 
 def test_detect_cli_writes_float_map_mask_and_json(tmp_path):
@@ -96,7 +96,8 @@ def test_detect_cli_writes_float_map_mask_and_json(tmp_path):
 def test_detect_cli_bad_parameter_is_a_clear_error(tmp_path):
     img, _ = brain_phantom(shape=(20, 20, 20))
     sitk.WriteImage(img, str(tmp_path / "s.nii.gz"))
-    r = uad("detect", "flair_threshold", str(tmp_path / "s.nii.gz"), "-p", "min_component_mm3=-1", "--out", str(tmp_path))
+    r = uad("detect", "flair_threshold", str(tmp_path / "s.nii.gz"), "-p", "min_component_mm3=-1",
+            "--out", str(tmp_path))
     assert r.returncode == 2 and "parameter 'min_component_mm3'" in r.stderr
     r = uad("detect", "flair_threshold", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path))
     assert r.returncode == 2 and "does not exist" in r.stderr
@@ -107,3 +108,28 @@ def test_every_subcommand_has_help_with_an_example(command):
     r = uad(command, "--help")
     assert r.returncode == 0, r.stderr
     assert "example" in r.stdout.lower()
+
+
+def test_pooled_ranking_metrics_equal_scikit_learn():
+    """AUROC, AUPRC and the PR curve come from one sorted pass (uad_label.evaluation.metrics.ranking_curve);
+    scikit-learn over every voxel is the reference."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+    from uad_label.evaluation.metrics import evaluate_maps
+
+    rng = np.random.default_rng(5)
+    maps = [np.round(rng.random((11, 9, 8)), 3).astype(np.float32) for _ in range(3)]  # ties within and across maps
+    gts = [rng.random(m.shape) < 0.05 + 0.3 * m for m in maps]
+    ev = evaluate_maps(maps, gts, n_thresholds=20)
+    r = ev.result()
+    s = np.concatenate([m.ravel() for m in maps])
+    y = np.concatenate([g.ravel() for g in gts])
+    assert r["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert r["auprc"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
+    precision, recall = ev.pr_curve()
+    ref_p, ref_r, _ = precision_recall_curve(y, s)
+    np.testing.assert_allclose(precision, ref_p, atol=1e-12)
+    np.testing.assert_allclose(recall, ref_r, atol=1e-12)
+    ev.add(maps[0], np.zeros(maps[0].shape, bool))  # a case added later changes the result
+    assert ev.result()["auroc"] != r["auroc"]
+    assert np.isnan(evaluate_maps([maps[0]], [np.zeros(maps[0].shape, bool)]).result()["auprc"])

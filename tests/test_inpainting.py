@@ -7,9 +7,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from uad_label.detectors.inpainting import InpaintingDetector, InpaintingFastDetector, SliceMapper
-from uad_label.networks.inpainting import (ErrorRegressor, InpaintConfig, InpaintGenerator, build_generator,
-                                           count_parameters)
+from uad_label.detectors.inpainting import InpaintingDetector, InpaintingFastDetector
+from uad_label.networks.inpainting import (
+    ErrorRegressor,
+    InpaintConfig,
+    InpaintGenerator,
+    build_generator,
+    count_parameters,
+)
+from uad_label.transforms.slices import SliceMapper
 from uad_label.weights import UntrainedError, save_state
 
 
@@ -112,12 +118,12 @@ def test_detect_returns_a_native_map_mask_components_and_latencies(tiny_weights,
     res = det.detect({"FLAIR": _phantom()}, {"preprocessed": True, "box": 8, "stride": 4})
     arr = sitk.GetArrayFromImage(res.anomaly_map)
     assert arr.shape == (24, 56, 48) and np.isfinite(arr).all() and arr.max() > 0
-    assert res.info["params"]["stride_used"] == 4
+    assert res.info["stride_used"] == 4 and "stride_used" not in res.info["params"]
     assert "detect" in res.info["latencies"] and "components" in res.info
     assert len(res.info["slice_scores"]["values"]) == 24
     if cls is InpaintingDetector:
         assert res.info["threshold"] == pytest.approx(0.3)  # the model card's healthy calibration
-        assert res.info["params"]["engine_used"] == "local"  # auto on a CPU
+        assert res.info["engine_used"] == "local"  # auto on a CPU
         batched = det.detect({"FLAIR": _phantom()}, {"preprocessed": True, "box": 8, "stride": 4,
                                                      "engine": "batched"})
         np.testing.assert_allclose(sitk.GetArrayFromImage(batched.anomaly_map), arr, rtol=1e-4, atol=1e-6)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from uad_label.io import find_modalities, load_image, save_image
+from uad_label.cases import find_modalities
+from uad_label.io import load_image, save_image
 
 
 def _volume(size=(12, 10, 8), spacing=(0.7, 0.8, 3.0), direction=None, pixel=np.int16):

@@ -7,7 +7,6 @@ import time
 import pytest
 import requests
 import SimpleITK as sitk
-
 from phantoms import brain_phantom
 from server_fixture import Server
 

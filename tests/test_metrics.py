@@ -74,7 +74,8 @@ def test_weighted_auc_equals_sklearn_on_every_voxel():
     all_y = np.concatenate([g.ravel() for g in gts])
     assert w.sum() == all_s.size
     assert roc_auc_score(y, s, sample_weight=w) == pytest.approx(roc_auc_score(all_y, all_s), abs=1e-12)
-    assert average_precision_score(y, s, sample_weight=w) == pytest.approx(average_precision_score(all_y, all_s), abs=1e-12)
+    assert average_precision_score(y, s, sample_weight=w) == pytest.approx(average_precision_score(all_y, all_s),
+                                                                           abs=1e-12)
 
 
 def test_pooled_evaluation_upper_dice_by_hand():

@@ -73,8 +73,9 @@ def test_summarise_in_a_rotated_lps_grid():
     assert np.array_equal(image_to_xyz(img), arr)
     brain = xyz_to_image(np.ones_like(arr, np.uint8), ref)
     assert superior_axis(img) == 1
-    mask, info = summarise(img, brain, 0.5, min_component_mm3=20)
+    mask, info, ids = summarise(img, brain, 0.5, min_component_mm3=20)
     assert image_to_xyz(mask).sum() == 64  # 64 voxels * 0.75 mm^3 = 48 mm^3 > 20
+    assert np.array_equal(ids > 0, sitk.GetArrayViewFromImage(mask) > 0) and set(np.unique(ids)) == {0, 1}
     comp = info["components"][0]
     assert comp["volume_ml"] == pytest.approx(64 * 0.75 / 1000)
     expected = index_to_ras(img, np.array([[4.5, 5.5, 3.5]]))[0]
@@ -82,3 +83,22 @@ def test_summarise_in_a_rotated_lps_grid():
     lps = img.TransformContinuousIndexToPhysicalPoint((4.5, 5.5, 3.5))
     assert comp["centroid_ras"] == pytest.approx([-lps[0], -lps[1], lps[2]], abs=1e-3)
     assert len(info["slice_scores"]["values"]) == 14
+
+
+def test_parameters_are_validated_once(monkeypatch):
+    """A request's parameters are validated where they enter; the detector takes them as they are."""
+    from uad_label.detectors import get_detector
+    from uad_label.detectors import params as params_module
+
+    det = get_detector("flair_threshold")
+    p = det.validate({"threshold": "0.5"})
+    assert p["threshold"] == 0.5 and p.detector == "flair_threshold"
+    calls = []
+    original = params_module.validate
+    monkeypatch.setattr("uad_label.detectors.base.validate", lambda *a, **k: calls.append(a) or original(*a, **k))
+    assert det.validate(p) is p and calls == []
+    with pytest.raises(ValueError, match="nbins"):  # another detector's parameters are checked anew
+        get_detector("ppr").validate(p)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="unknown parameter"):
+        det.validate({"thresold": 0.5})

@@ -25,15 +25,22 @@ def test_crops_stay_inside_and_lesion_crops_hold_the_lesion():
         assert all(s[i] <= lesion[0, i] < s[i] + 32 for i in range(3))
 
 
-def test_component_uncertainty_matched_by_centroid():
-    mask = np.zeros((10, 10, 10), bool)
-    mask[1:3, 1:3, 1:3] = True
-    mask[6:9, 6:9, 6:9] = True
-    unc = np.zeros((10, 10, 10), np.float32)
-    unc[6:9, 6:9, 6:9] = 0.4
-    rows = [{"centroid_index": [7.0, 7.0, 7.0]}, {"centroid_index": [1.5, 1.5, 1.5]}]
-    add_component_uncertainty(rows, mask, unc, 26)
-    assert rows[0]["mean_uncertainty"] == pytest.approx(0.4) and rows[1]["mean_uncertainty"] == 0
+def test_component_uncertainty_uses_the_findings_labelling():
+    """Per-finding uncertainty over the voxels of that finding, from the one labelling of the mask (the
+    old nearest-centroid match gave a ring the statistics of the blob at its centre)."""
+    from uad_label.postprocess.components import component_rows, threshold_labels
+
+    score = np.zeros((16, 16, 16), np.float32)
+    score[2:14, 2:14, 7:9] = 0.9  # a ring ...
+    score[4:12, 4:12, 7:9] = 0.0
+    score[7:9, 7:9, 7:9] = 0.95  # ... around a blob: the ring's centroid lies in the blob
+    unc = np.where(score == 0.9, 0.2, 0.0).astype(np.float32)
+    unc[7:9, 7:9, 7:9] = 0.8
+    labels, n = threshold_labels(score, 0.5, 0, 1.0, 26)
+    rows, ids = component_rows(labels, n, score, 1.0, lambda x: x)
+    assert n == 2 and [r["voxels"] for r in rows] == [8, 160]
+    add_component_uncertainty(rows, ids, unc)
+    assert rows[0]["mean_uncertainty"] == pytest.approx(0.8) and rows[1]["mean_uncertainty"] == pytest.approx(0.2)
 
 
 def _write_case(folder: Path, case: str, seed: int, gt_dir: Path | None):
@@ -90,10 +97,12 @@ def test_tiny_train_then_segment_with_uncertainty(tiny_data, tmp_path, monkeypat
     det = PatchDDM()
     images = {m: tiny_data / "synth" / f"sub-001_{m}.nii.gz" for m in ("FLAIR", "T1", "T2")}
     calls = []
-    params = {"preprocessed": True, "steps": 2, "ensemble": 3, "members_per_batch": 2, "threads": 1}
+    params = {"preprocessed": True, "steps": 2, "ensemble": 3, "members_per_batch": 2}
     threads = torch.get_num_threads()
     res = det.detect(images, params, progress=lambda f, m: calls.append((f, m)))
-    assert torch.get_num_threads() == threads  # the thread setting is restored
+    assert torch.get_num_threads() == threads  # a request never changes the process's threads
+    with pytest.raises(ValueError, match="threads"):
+        det.validate({"threads": 1})  # a process setting (UAD_THREADS), not a request parameter
     unc = res.extras["uncertainty"]
     assert unc.GetPixelID() == sitk.sitkFloat32 and unc.GetSize() == (24, 24, 16)
     assert res.anomaly_map.GetPixelID() == sitk.sitkFloat32

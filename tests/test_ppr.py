@@ -8,12 +8,20 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from phantoms import brain_phantom
+
 from uad_label.detectors.ppr import hemisphere_scores
-from uad_label.networks.ppr_maps import (BOX_MM, brain_bbox, coarse_map, exact_map, patch_map, ras_to_unit,
-                                         refine_blocks, unit_affine)
 from uad_label.networks.ppr import PATCH, STRIDE, PPRNet
+from uad_label.networks.ppr_maps import (
+    BOX_MM,
+    brain_bbox,
+    coarse_map,
+    exact_map,
+    patch_map,
+    ras_to_unit,
+    refine_blocks,
+    unit_affine,
+)
 
 CPU = torch.device("cpu")
 
@@ -129,7 +137,8 @@ def tiny_weights(tmp_path_factory):
     summary = {}
     for sampling in ("uniform", "crops"):
         summary[sampling] = train(TrainRequest([tmp / "ds"], "cpu", tmp / sampling, "cpu",
-                                               {"steps": 3, "width": 2, "eval_every": 2, "eval_batches": 1, "patches": 8,
+                                               {"steps": 3, "width": 2, "eval_every": 2, "eval_batches": 1,
+                                                "patches": 8,
                                                 "crops": 1, "crop_grid": 2, "sampling": sampling,
                                                 "preprocessed": True}))
     return tmp, summary

@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from uad_label.preprocess import (
-    PreprocessOptions,
-    equalize_hist,
-    percentile_scale,
-    preprocess,
-    zero_outside,
-    zscore,
-)
+from uad_label.preprocess import PreprocessOptions, preprocess
 from uad_label.preprocess.geometry import RASReorientation, image_to_xyz, ras_affine
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
@@ -104,24 +97,27 @@ def test_template_space_user_mask_and_errors():
     assert case.reference == "T2"
 
 
-def test_normalisation_functions():
+def test_intensity_transforms():
+    from skimage.exposure import equalize_hist as sk_eq
+
+    from uad_label.transforms.intensity import equalise_in_brain, percentile_scale
+
     rng = np.random.default_rng(0)
     a = rng.normal(100, 20, (20, 20, 20)).astype(np.float32)
     m = np.zeros(a.shape, bool)
     m[5:15, 5:15, 5:15] = True
-    z = zscore(a, m)
-    assert abs(z[m].mean()) < 1e-5 and abs(z[m].std() - 1) < 1e-4 and z.dtype == np.float32
     p = percentile_scale(a, m, 1, 99)
     assert p.min() == 0 and p.max() == 1 and abs(np.mean(p[m] <= 0) - 0.01) < 0.005
-    from skimage.exposure import equalize_hist as sk_eq
-
-    np.testing.assert_array_equal(equalize_hist(a, m), sk_eq(a, nbins=256, mask=m))
-    zo = zero_outside(a, m)
-    assert np.all(zo[~m] == 0) and np.array_equal(zo[m], a[m])
+    # the one in-brain equalisation (flair_threshold, ppr): scikit-image's values at the brain, 0 outside
+    eq = equalise_in_brain(a, m, 64)
+    np.testing.assert_allclose(eq[m], sk_eq(a, nbins=64, mask=m)[m], rtol=1e-6)
+    assert eq.dtype == np.float32 and np.all(eq[~m] == 0)
     with pytest.raises(ValueError, match="empty"):
-        zscore(a, np.zeros_like(m))
+        percentile_scale(a, np.zeros_like(m))
+    with pytest.raises(ValueError, match="empty"):
+        equalise_in_brain(a, np.zeros_like(m))
     with pytest.raises(ValueError, match="shape"):
-        zscore(a, m[1:])
+        percentile_scale(a, m[1:])
 
 
 def test_template_files_match_nilearn_definition():
@@ -139,7 +135,8 @@ def test_template_files_match_nilearn_definition():
 @pytest.mark.skipif(not (SHARED / "mslub" / "patient26").exists(), reason="../shared/data/mslub absent")
 def test_published_protocol_patient26_is_exact():
     nib = pytest.importorskip("nibabel")
-    from uad_label.io import find_modalities, load_image
+    from uad_label.cases import find_modalities
+    from uad_label.io import load_image
 
     files = find_modalities(SHARED / "mslub" / "patient26")
     imgs = {k: load_image(v) for k, v in files.items() if k in ("FLAIR", "T2")}

@@ -21,7 +21,8 @@ RAW_FLAIR = SHARED / "raw_clinical" / "patient01" / "study1_FLAIR.nii.gz"
 def _phantom(size=(64, 64, 24), spacing=(1.5, 1.5, 4.0)):
     z, y, x = np.mgrid[: size[2], : size[1], : size[0]].astype(np.float32)
     c = np.array(size[::-1]) / 2
-    r2 = ((z - c[0]) / (size[2] * 0.35)) ** 2 + ((y - c[1]) / (size[1] * 0.38)) ** 2 + ((x - c[2]) / (size[0] * 0.4)) ** 2
+    r2 = (((z - c[0]) / (size[2] * 0.35)) ** 2 + ((y - c[1]) / (size[1] * 0.38)) ** 2
+          + ((x - c[2]) / (size[0] * 0.4)) ** 2)
     arr = np.where(r2 < 1, 100.0, 2.0).astype(np.float32)
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing(spacing)

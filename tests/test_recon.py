@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
 from phantoms import brain_phantom
+
 from uad_label import weights as weights_mod
 from uad_label.detectors import get_detector
-from uad_label.detectors.recon_base import Canvas, normalise, residual_map
 from uad_label.training import TrainRequest, get_trainer
+from uad_label.transforms.canvas import Canvas
+from uad_label.transforms.intensity import median_normalise as normalise
+from uad_label.transforms.residual import residual_map
 from uad_label.weights import UntrainedError
 
 TINY = {
@@ -126,7 +128,8 @@ def test_volume_autoencoder_trains_serves_and_checks(tmp_path, no_package_weight
     assert summary["epochs"] == 2 and np.isfinite(summary["best_val_loss"])
     card = json.loads((no_package_weights / f"{name}.json").read_text(encoding="utf-8"))
     assert card["exclude_above"] == overrides.get("exclude_above")
-    assert len(card["excluded_brain_fraction"]) == 3 and all(0 <= f < 1 for f in card["excluded_brain_fraction"].values())
+    assert len(card["excluded_brain_fraction"]) == 3 and all(0 <= f < 1
+                                                             for f in card["excluded_brain_fraction"].values())
     assert card["detector"] == name and card["data"]["n_val"] == 1 and card["data"]["n_train"] == 2
     assert "abs/median5/raw" in card["thresholds"] and card["loss"] == ("l1" if name == "baur_ae" else "mse")
     det = get_detector(name)
@@ -190,8 +193,9 @@ def test_bad_overrides_and_canvas(tmp_path, no_package_weights):
     with pytest.raises(ValueError, match="unknown setting"):
         get_trainer("baur_ae")(TrainRequest([ds], "cpu", no_package_weights, "cpu", {"epochz": 1, "steps": 1}))
     with pytest.raises(ValueError, match="divisible by 16"):
-        get_trainer("ae3d")(TrainRequest([ds], "cpu", no_package_weights, "cpu", {**TINY["ae3d"], "canvas": [20, 16, 16],
-                                                                                  "network": {"channels": [2] * 4}}))
+        get_trainer("ae3d")(TrainRequest([ds], "cpu", no_package_weights, "cpu",
+                                         {**TINY["ae3d"], "canvas": [20, 16, 16],
+                                          "network": {"channels": [2] * 4}}))
 
 
 def test_strega_trains_and_default_threshold_is_otsu_with_area_opening(tmp_path, no_package_weights):

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-from requests_toolbelt import MultipartDecoder
-
 from phantoms import brain_phantom
+from requests_toolbelt import MultipartDecoder
 from server_fixture import Server
 
 PRE = {"params": json.dumps({"preprocessed": True})}
@@ -176,12 +175,24 @@ def test_bad_input_is_4xx_json_server_stays_up_datastore_unchanged(server, studi
     assert snapshot(studies) == before
 
 
+def _idle_latency(server, n: int = 20) -> float:
+    """Median /info answer time with nothing else running: the yardstick of relative bounds."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        assert requests.get(server.url + "/info/", timeout=10).status_code == 200
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
 def test_info_and_datastore_answer_while_a_volume_is_inferred(server):
+    idle = _idle_latency(server)
     done = {}
 
     def infer():
         t = time.perf_counter()
-        done["r"] = requests.post(server.url + "/infer/flair_threshold", params={"image": "big_FLAIR", "output": "json"},
+        done["r"] = requests.post(server.url + "/infer/flair_threshold",
+                                  params={"image": "big_FLAIR", "output": "json"},
                                   data=PRE, timeout=300)
         done["t"] = time.perf_counter() - t
 
@@ -199,7 +210,12 @@ def test_info_and_datastore_answer_while_a_volume_is_inferred(server):
     th.join()
     assert done["r"].status_code == 200
     assert latencies, "inference finished before any request could be timed"
-    assert max(latencies) < 0.8, f"slowest answer during inference {max(latencies):.2f} s (inference took {done['t']:.1f} s)"
+    # relative bounds (a loaded 2-core machine makes absolute ones flaky): a blocked event loop (stock
+    # MONAI Label) would hold every answer for the whole inference
+    msg = f"idle {idle * 1000:.0f} ms, during inference median {np.median(latencies) * 1000:.0f} ms, " \
+          f"max {max(latencies) * 1000:.0f} ms; inference {done['t']:.1f} s"
+    assert max(latencies) < 0.5 * done["t"], msg
+    assert np.median(latencies) < 100 * idle, msg
 
 
 def test_train_unknown_model_is_404_not_queued(server):

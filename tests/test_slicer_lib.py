@@ -8,15 +8,16 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from requests_toolbelt import MultipartDecoder, MultipartEncoder
-
 from phantoms import brain_phantom
+from requests_toolbelt import MultipartDecoder, MultipartEncoder
 from server_fixture import ROOT
+
 from uad_label.postprocess import components as ref
 
 LIB_DIR = ROOT / "slicer_extension" / "AnomalyReview"
@@ -27,7 +28,8 @@ from AnomalyReviewLib.client import ModelInfo, changed_params, coerce_param  # n
 
 
 def test_library_imports_without_slicer_scipy_or_server_packages():
-    code = ("import sys; sys.path.insert(0, %r); import AnomalyReviewLib, AnomalyReviewLib.workflow; "
+    code = ("import sys; sys.path.insert(0, %r); "
+            "import AnomalyReviewLib, AnomalyReviewLib.workflow, AnomalyReviewLib.display; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('scipy', 'SimpleITK', 'monailabel', 'requests', "
             "'torch', 'torchvision', 'cgi', 'slicer', 'qt', 'vtk', 'nibabel', 'requests_toolbelt')]; print(bad)"
             % str(LIB_DIR))
@@ -144,7 +146,8 @@ def test_numpy_components_match_uad_label(connectivity):
             for k in ("id", "voxels", "volume_ml", "centroid_index", "centroid_ras", "bbox_index"):
                 assert r[k] == e[k], k
             assert r["max_score"] == pytest.approx(e["max_score"]) and r["mean_score"] == pytest.approx(e["mean_score"])
-            assert labels[tuple(r["peak_index"])] == r["id"] and scores[tuple(r["peak_index"])] == pytest.approx(r["max_score"])
+            peak = tuple(r["peak_index"])
+            assert labels[peak] == r["id"] and scores[peak] == pytest.approx(r["max_score"])
             assert (labels == r["id"]).sum() == r["voxels"]
 
 
@@ -238,3 +241,45 @@ def test_jobs_done_failed_cancelled_without_qt():
     assert job.wait(2) == CANCELLED
     with pytest.raises(Cancelled):
         job.context.check()
+
+
+def test_findings_have_one_source():
+    """The Slicer module's findings rules are the server's module, copied byte for byte (the module's
+    CMakeLists copies it at build time; this keeps the committed copy from drifting)."""
+    root = Path(__file__).resolve().parents[1]
+    server = root / "uad_label" / "postprocess" / "findings.py"
+    module = root / "slicer_extension" / "AnomalyReview" / "AnomalyReviewLib" / "findings.py"
+    assert module.read_bytes() == server.read_bytes()
+    cmake = (root / "slicer_extension" / "AnomalyReview" / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "uad_label/postprocess/findings.py" in cmake and "${MODULE_NAME}Lib/findings.py" in cmake
+    import ast
+
+    tree = ast.parse(server.read_text(encoding="utf-8"))
+    imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert imported <= {"__future__", "typing", "numpy"}  # imports in Slicer's Python as it is
+
+
+# ----------------------------------------------------------------------------- display choices (no Slicer)
+
+def test_display_choices():
+    from AnomalyReviewLib import display
+    assert display.color_node_for("image") == "vtkMRMLColorTableNodeFileInferno.txt"
+    assert display.color_node_for("uncertainty") == "vtkMRMLColorTableNodeFileViridis.txt"
+    # the min-size slider takes the server's range; without a maximum it never clamps the server's value
+    assert display.min_size_range({"min_component_mm3": {"default": 20.0, "minimum": 0}}) == (0.0, 500.0, 1.0)
+    assert display.min_size_range({"min_component_mm3": {"default": 20.0, "minimum": 5, "maximum": 80}}) == \
+        (5.0, 80.0, 1.0)
+    lo, hi, _ = display.min_size_range({"min_component_mm3": {"default": 20.0}}, current=2000.0)
+    assert lo == 0 and hi >= 2000
+    with pytest.raises(ValueError, match="min_component_mm3"):
+        display.min_size_range({"min_component_mm3": {"maximum": 80}}, current=100.0)
+    assert display.label_names(["lesion"]) == {1: "lesion"}
+    assert display.label_names({"lesion": 1, "oedema": 2}) == {1: "lesion", 2: "oedema"}
+    assert display.segment_name(3, {1: "lesion"}) == "label 3"
+    a, b = np.zeros((3, 3, 3), np.uint8), np.zeros((3, 3, 3), np.uint8)
+    a[0, 0, 0], b[1, 1, 1] = 1, 7
+    assert display.union_label([a, None, b], (3, 3, 3)).sum() == 2
+    with pytest.raises(ValueError, match="expected shape"):
+        display.union_label([np.zeros((2, 2, 2))], (3, 3, 3))
+    assert display.chart_point([[], [4, 5]]) == 4 and display.chart_point([]) is None

@@ -1,17 +1,13 @@
 """The Slicer extension's build and module file, without Slicer: CMake configure + install in
-standalone mode with the machine's cmake (installed files == the module's files), and the module
-file importing against minimal stand-ins of Slicer's Python modules (names and structure)."""
+standalone mode with the machine's cmake (installed files == the module's files), the self-test
+registered as a ctest, and the module file in Slicer's shape on recording fakes of Slicer."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 import sys
-import types
-from pathlib import Path
 
 import pytest
-
 from server_fixture import ROOT
 
 MODULE_DIR = ROOT / "slicer_extension" / "AnomalyReview"
@@ -50,36 +46,44 @@ def test_cmake_lists_every_module_file():
         assert f in text, f"{f} is not listed in slicer_extension/AnomalyReview/CMakeLists.txt"
 
 
-class _Base:
-    def __init__(self, parent=None):
-        self.parent = parent
+def test_module_in_slicers_shape_on_the_fakes(monkeypatch):
+    """The module file against recording fakes of Slicer (tests/slicer_fakes.py): the template's
+    classes, the widget built from Resources/UI/AnomalyReview.ui by slicer.util.loadUI, its widgets
+    bound to the parameter node, and a Logic usable without the widget."""
+    import slicer_fakes as sf
 
-
-def test_module_file_structure_with_slicer_stand_ins(monkeypatch):
-    """Slicer is not installable here: import the module file against stand-ins to check that it
-    defines the template's classes and that every library name it uses exists."""
-    slm = types.ModuleType("slicer.ScriptedLoadableModule")
-    for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleLogic", "ScriptedLoadableModuleTest",
-                 "ScriptedLoadableModuleWidget"):
-        setattr(slm, name, type(name, (_Base,), {}))
-    slicer = types.ModuleType("slicer")
-    slicer.ScriptedLoadableModule = slm
-    for name in ("qt", "ctk", "vtk"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "slicer", slicer)
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", slm)
-    spec = importlib.util.spec_from_file_location("AnomalyReview_under_test", MODULE_DIR / "AnomalyReview.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    f, mod = sf.load_module(monkeypatch)
+    slm = sys.modules["slicer.ScriptedLoadableModule"]
     assert issubclass(mod.AnomalyReview, slm.ScriptedLoadableModule)
     assert issubclass(mod.AnomalyReviewWidget, slm.ScriptedLoadableModuleWidget)
     assert issubclass(mod.AnomalyReviewLogic, slm.ScriptedLoadableModuleLogic)
     assert issubclass(mod.AnomalyReviewTest, slm.ScriptedLoadableModuleTest)
-    logic_api = ("connect", "start_infer", "start_next_case", "start_train", "start_save", "finish_infer",
-                 "update_threshold", "decide", "jump_to_finding", "jump_to_slice", "edited_label", "screenshot", "wait")
-    for name in logic_api:
+    for name in ("start_connect", "connect", "start_infer", "start_next_case", "start_train", "start_save",
+                 "finish_infer", "restore", "update_threshold", "decide", "jump_to_finding", "jump_to_slice",
+                 "edited_label", "show_chart", "screenshot", "wait"):
         assert callable(getattr(mod.AnomalyReviewLogic, name)), name
-    for name in ("test_display_pipeline", "test_server_flow", "runTest"):
-        assert callable(getattr(mod.AnomalyReviewTest, name))
+    w = mod.AnomalyReviewWidget()
+    w.setup()
+    (panel,) = w.layout.children["widgets"]
+    assert (panel.qt_class, panel.name) == ("qMRMLWidget", "AnomalyReview")  # the .ui's top widget
+    ui = (MODULE_DIR / "Resources" / "UI" / "AnomalyReview.ui").read_text(encoding="utf-8")
+    bound = set(w._gui_tag.values())
+    assert bound == {"serverUrl", "flairVolume", "t1Volume", "t2Volume", "useDatastore", "viaSession",
+                     "hideBelowThreshold", "autoRun"} and all(f"<string>{b}</string>" in ui for b in bound)
+    assert set(bound) <= set(mod.AnomalyReviewParameterNode.fields)
+    assert f.scene.GetNodesByClass("vtkMRMLScriptedModuleNode")  # the parameter node is in the scene
+    for test in ("test_widget_review", "test_scene_close", "runTest"):
+        assert callable(getattr(mod.AnomalyReviewTest, test))
+
+
+def test_module_files_are_small_and_the_self_test_is_a_ctest():
+    for p in MODULE_DIR.rglob("*.py"):
+        n = len(p.read_text(encoding="utf-8").splitlines())
+        assert n < 600, f"{p.name}: {n} lines"
+    cmake = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+    testing = cmake[cmake.index("if(BUILD_TESTING)"):]
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in testing.split("endif()")[0]
     src = (MODULE_DIR / "AnomalyReview.py").read_text(encoding="utf-8")
-    assert "import requests" not in src and "import cgi" not in src and "torchvision" not in src
+    assert 'slicer.util.loadUI(self.resourcePath("UI/AnomalyReview.ui"))' in src
+    for text in [src] + [p.read_text(encoding="utf-8") for p in (MODULE_DIR / "AnomalyReviewLib").glob("*.py")]:
+        assert "import requests" not in text and "import cgi" not in text and "torchvision" not in text

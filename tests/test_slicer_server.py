@@ -4,23 +4,33 @@ re-thresholding, accept / reject, final label saved to the datastore, next case,
 cancellation). No mock of the server; no Slicer (its library imports without it)."""
 from __future__ import annotations
 
-import json
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from phantoms import brain_phantom
 from server_fixture import ROOT, Server
 
 sys.path.insert(0, str(ROOT / "slicer_extension" / "AnomalyReview"))
-from AnomalyReviewLib import (ACCEPTED, CANCELLED, DONE, FAILED, REJECTED, Client, Job, Review,  # noqa: E402
-                              ServerError, changed_params, next_case, nifti, run_detector, save_review)
-from AnomalyReviewLib import components as comp  # noqa: E402
+from AnomalyReviewLib import (  # noqa: E402
+    ACCEPTED,
+    CANCELLED,
+    DONE,
+    FAILED,
+    REJECTED,
+    Client,
+    Job,
+    Review,
+    ServerError,
+    changed_params,
+    next_case,
+    nifti,
+    run_detector,
+    save_review,
+)
 
 PRE = {"preprocessed": True}
 
@@ -211,11 +221,10 @@ def test_training_request_error_is_reported(client, server):
     trainers = client.info().get("trainers") or {}
     job = Job(lambda ctx: client.train("flair_threshold", ctx=ctx)).start()
     status = job.wait(60)
-    if "flair_threshold" in trainers:  # a trainer exists: the server accepted the request
-        assert status == DONE and job.result
-    else:  # reported as a clean message, through poll(), not raised in the caller's thread
-        assert status == FAILED and isinstance(job.error, ServerError)
-        assert job.error.status == 404 and "no trainer" in job.error.detail
+    assert "flair_threshold" not in trainers  # training-free: the server has no trainer for it
+    # reported as a clean message, through poll(), not raised in the caller's thread
+    assert status == FAILED and isinstance(job.error, ServerError)
+    assert job.error.status == 404 and "no trainer" in job.error.detail
     # the server's own error answers on the training endpoints come back as messages too
     with pytest.raises(ServerError) as e:
         client.request("POST", "/train/flair_threshold", body=b"[not json", content_type="application/json")
@@ -232,7 +241,7 @@ def test_next_case_by_strategy(client):
     assert img.array.ndim == 3 and nxt["name"].endswith(".nii.gz")
     with pytest.raises(ServerError) as e:
         next_case(None, client, "no_such_strategy")
-    assert 400 <= e.value.status < 600
+    assert e.value.status == 404 and "no_such_strategy" in e.value.detail
 
 
 def test_cancel_a_running_inference(client, server):
@@ -241,10 +250,10 @@ def test_cancel_a_running_inference(client, server):
     while "waiting" not in job.progress[1] and time.time() < deadline:
         time.sleep(0.02)
     assert job.running and "waiting" in job.progress[1]
-    t = time.perf_counter()
     job.cancel()
     assert job.poll() == CANCELLED
-    assert job.wait(5) == CANCELLED and time.perf_counter() - t < 2.0  # the blocked request returned
+    # the blocked request returns (bounded so a hang fails; no absolute latency on a shared machine)
+    assert job.wait(30) == CANCELLED
     assert job.result is None
     assert server.alive()
 
@@ -269,18 +278,48 @@ def test_progress_is_reported_during_upload(client, tmp_path):
 
 
 def test_several_modalities_go_through_one_session(client, server, tmp_path):
-    """FLAIR + T1 uploaded together: one session (a folder on the server). Until the server resolves
-    a session folder into modalities (see docs/slicer.md), this must at least fail cleanly."""
+    """FLAIR + T1 uploaded together: one session (a folder on the server), resolved into its modalities
+    by the server's case rule (uad_label.cases.case_of)."""
     img, _ = brain_phantom(seed=11)
     files = {}
     for mod in ("FLAIR", "T1"):
         p = tmp_path / f"{mod}.nii.gz"
         sitk.WriteImage(img, str(p))
         files[mod] = p
-    try:
-        case = run_detector(None, client, "flair_threshold", files=files, params=PRE, via_session=False)
-    except ServerError as exc:
-        assert 400 <= exc.status < 600 and exc.detail and "Traceback" not in exc.detail
-    else:
-        assert case.session_id and case.review.findings
+    case = run_detector(None, client, "flair_threshold", files=files, params=PRE, via_session=False)
+    assert case.session_id and case.review.findings
     assert server.alive()
+
+
+def test_connect_job_and_datastore_scan_fetched_in_the_inference_job(server, client, studies):
+    """What the module's jobs run (issue 15 defect 4): connect = /info/ + datastore listing, off the Qt
+    thread; a datastore inference fetches the scan in the same job."""
+    from AnomalyReviewLib.workflow import connect_server
+    job = Job(connect_server, server.url, None, name="connect").start()
+    assert job.wait(60) == DONE, job.traceback
+    result = job.result
+    assert "flair_threshold" in result["models"] and "case01_FLAIR" in result["images"]
+    assert result["datastore_error"] is None and "random" in result["strategies"]
+    job = Job(run_detector, client, "flair_threshold", image="case02_FLAIR", params=PRE, fetch_scan=True).start()
+    assert job.wait(120) == DONE, job.traceback
+    name, data = job.result.scan
+    assert name.startswith("case02_FLAIR")
+    src = sitk.ReadImage(str(studies / "case02_FLAIR.nii.gz"))
+    assert np.array_equal(nifti.read_bytes(data).array, sitk.GetArrayFromImage(src).transpose(2, 1, 0))
+
+
+def test_saved_label_is_the_snapshot_taken_at_the_click(client, case01):
+    """Issue 15 defect 7: the label and summary are frozen before the upload job runs."""
+    from AnomalyReviewLib.workflow import review_snapshot, save_snapshot
+    review = case01.review
+    review.reset()
+    first = review.findings[0]["id"]
+    review.accept(first)
+    snapshot = review_snapshot(case01)
+    expected = review.finding_mask(first)
+    review.rethreshold(review.range[1] + 1.0)  # the slider moves before the upload: no finding left
+    job = Job(save_snapshot, client, snapshot).start()
+    assert job.wait(60) == DONE, job.traceback
+    stored = nifti.read_bytes(client.download_label("case01_FLAIR", "final"))
+    assert np.array_equal(stored.array > 0, expected) and not review.findings
+    review.reset()

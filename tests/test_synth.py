@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from uad_label.synth import GT_DIR, MANIFEST, MARKER, MODALITIES, import_scans, load_template, make_subject, \
-    write_sample_data
+from uad_label.synth import (
+    GT_DIR,
+    MANIFEST,
+    MARKER,
+    MODALITIES,
+    import_scans,
+    load_template,
+    make_subject,
+    write_sample_data,
+)
 from uad_label.synth.template import xyz_from_sitk
 
 DS = 4
@@ -23,7 +31,8 @@ def arr(img: sitk.Image) -> np.ndarray:
 
 def same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4) and np.allclose(a.GetDirection(), b.GetDirection()))
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-4)
+            and np.allclose(a.GetDirection(), b.GetDirection()))
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +55,12 @@ def test_deterministic_and_seed_dependent():
 
 def test_same_seed_healthy_and_lesion_share_anatomy():
     h = make_subject(5, False, "template", downsample=DS)
-    l = make_subject(5, True, "template", downsample=DS)
-    assert h.healthy and not l.healthy
-    assert arr(h.lesion_mask).sum() == 0 and arr(l.lesion_mask).sum() > 0
-    outside = arr(l.lesion_mask) == 0
+    lesioned = make_subject(5, True, "template", downsample=DS)
+    assert h.healthy and not lesioned.healthy
+    assert arr(h.lesion_mask).sum() == 0 and arr(lesioned.lesion_mask).sum() > 0
+    outside = arr(lesioned.lesion_mask) == 0
     # identical away from the lesions (the soft border reaches a little beyond the mask)
-    diff = arr(h.images["FLAIR"]).astype(int) - arr(l.images["FLAIR"]).astype(int)
+    diff = arr(h.images["FLAIR"]).astype(int) - arr(lesioned.images["FLAIR"]).astype(int)
     assert np.mean(diff[outside] == 0) > 0.97
 
 

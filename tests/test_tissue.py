@@ -3,8 +3,8 @@ modality's contrast order, wrong contrast refused."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from test_recon import tissue_phantom
+
 from uad_label.tissue import check_contrast, segment_tissues
 from uad_label.tissue.segment import CSF, GM, WM
 

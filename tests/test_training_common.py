@@ -3,9 +3,10 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from phantoms import brain_phantom
-from uad_label.training import TrainRequest, get_trainer, resolve_device
+
+from uad_label.device import resolve_device
+from uad_label.training import TrainRequest, get_trainer
 from uad_label.training.data import healthy_cases, lesion_free_slices
 from uad_label.weights import UntrainedError, find_weights, load_state, save_state
 
@@ -57,3 +58,23 @@ def test_unknown_trainer_and_device_errors():
         with pytest.raises(ValueError, match="device"):
             resolve_device("cuda")
     assert TrainRequest(data=[]).config == "cpu"
+
+
+def test_threads_are_a_process_setting(monkeypatch):
+    import SimpleITK as sitk
+    import torch
+
+    from uad_label.runtime import configure_threads
+
+    before = torch.get_num_threads(), sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    try:
+        monkeypatch.setenv("UAD_THREADS", "1")
+        assert configure_threads() == 1
+        assert torch.get_num_threads() == 1 and sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 1
+        monkeypatch.setenv("UAD_THREADS", "many")
+        with pytest.raises(ValueError, match="UAD_THREADS.*'many'"):
+            configure_threads()
+        assert configure_threads(0) == 0  # 0 keeps the libraries' defaults
+    finally:
+        torch.set_num_threads(before[0])
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(before[1])

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .postprocess.components import component_rows, image_score, slice_scores, threshold_labels
+from .postprocess.findings import slice_centres
+from .postprocess.findings import superior_axis as _superior_axis
 from .preprocess.geometry import ras_affine
-from .postprocess.components import component_table, image_score, slice_scores, threshold_mask
 
 
 def index_to_ras(image: sitk.Image, index: np.ndarray) -> np.ndarray:
@@ -35,8 +37,7 @@ def index_to_ras(image: sitk.Image, index: np.ndarray) -> np.ndarray:
 
 def superior_axis(image: sitk.Image) -> int:
     """The voxel axis most aligned with inferior-superior: the axis axial slices are taken along."""
-    direction = np.array(image.GetDirection()).reshape(3, 3)
-    return int(np.argmax(np.abs(direction[2, :])))
+    return _superior_axis(ras_affine(image))
 
 
 def voxel_volume_mm3(image: sitk.Image) -> float:
@@ -50,6 +51,7 @@ class DetectionResult:
     info: dict
     extras: dict[str, sitk.Image] = field(default_factory=dict)
     brain: sitk.Image | None = None  # uint8 brain mask in the native grid (slice scores use it)
+    component_ids: np.ndarray | None = None  # (k, j, i) int32: each finding's voxels hold its id (not saved)
 
     def save(self, out_dir: str | os.PathLike, prefix: str = "") -> dict[str, Path]:
         """Write map, mask, extras (NIfTI) and the JSON; each file appears whole or not at all."""
@@ -85,23 +87,22 @@ def _json_default(o):
 
 
 def summarise(native_map: sitk.Image, native_brain: sitk.Image, threshold: float,
-              min_component_mm3: float = 20.0, connectivity: int = 26) -> tuple[sitk.Image, dict]:
-    """Mask, findings and scores of a float map in its own (native) grid.
+              min_component_mm3: float = 20.0, connectivity: int = 26) -> tuple[sitk.Image, dict, np.ndarray]:
+    """Mask, findings and scores of a float map in its own (native) grid, and the (k, j, i) image of
+    component ids (each finding's voxels hold its `id`; labelled once, reused by detectors' hooks).
 
     Works on SimpleITK's (k, j, i) array views to avoid transposed copies of the volume; indices
     in the JSON are reported as (i, j, k)."""
     scores = sitk.GetArrayViewFromImage(native_map)
     brain = sitk.GetArrayViewFromImage(native_brain) > 0
     vv = voxel_volume_mm3(native_map)
-    mask = threshold_mask(scores, threshold, min_component_mm3, vv, connectivity, brain)
+    labels, n = threshold_labels(scores, threshold, min_component_mm3, vv, connectivity, brain)
+    rows, ids = component_rows(labels, n, scores, vv, lambda kji: index_to_ras(native_map, kji[:, ::-1]))
+    mask = ids > 0
     axis = superior_axis(native_map)
     kji_axis = 2 - axis
     per_slice = slice_scores(scores, mask, brain, kji_axis)
-    size = np.array(native_map.GetSize(), np.float64)  # (i, j, k)
-    centres = np.zeros((int(size[axis]), 3))
-    centres[:] = (size - 1) / 2.0
-    centres[:, axis] = np.arange(size[axis])
-    rows = component_table(mask, scores, vv, lambda kji: index_to_ras(native_map, kji[:, ::-1]), connectivity)
+    centres = slice_centres(native_map.GetSize(), axis)  # (i, j, k)
     for r in rows:
         r["centroid_index"] = r["centroid_index"][::-1]
         r["bbox_index"] = [b[::-1] for b in r["bbox_index"]]
@@ -119,4 +120,4 @@ def summarise(native_map: sitk.Image, native_brain: sitk.Image, threshold: float
     }
     mask_image = sitk.GetImageFromArray(mask.astype(np.uint8))
     mask_image.CopyInformation(native_map)
-    return mask_image, info
+    return mask_image, info, ids

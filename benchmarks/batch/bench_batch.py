@@ -60,7 +60,8 @@ def main() -> int:
         f"# uad batch throughput\n\n{res['detector']} on {res['environment']['device']} "
         f"({res['environment']['cpus']} CPUs, load {res['environment']['load_average_1min']:.1f}): "
         f"**{res['cases_per_minute']} cases/min** ({res['seconds_per_case_mean']} s per case, {res['volume']}, "
-        f"map + mask + JSON + PNG report); resuming a finished batch of {args.cases}: {res['resume_all_skipped_s']} s.\n")
+        f"map + mask + JSON + PNG report); resuming a finished batch of {args.cases}: "
+        f"{res['resume_all_skipped_s']} s.\n")
     print(json.dumps({k: v for k, v in res.items() if k != "environment"}, indent=2))
     return 0
 

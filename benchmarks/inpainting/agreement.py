@@ -20,9 +20,9 @@ from scipy.stats import spearmanr
 
 def main(argv=None):
     from uad_label.detectors import get_detector
-    from uad_label.detectors.inpainting import SliceMapper
     from uad_label.io import load_image
     from uad_label.preprocess import PreprocessOptions, preprocess
+    from uad_label.transforms.slices import SliceMapper
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("flair", nargs="+")

@@ -153,7 +153,8 @@ def run(args):
 
 
 def meta(dev):
-    m = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.machine(), "python": platform.python_version(),
+    m = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": platform.machine(),
+         "python": platform.python_version(),
          "torch": torch.__version__, "numpy": np.__version__, "threads": torch.get_num_threads(),
          "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
     if dev.type == "cuda":

@@ -66,7 +66,10 @@ def main() -> int:
                 tag = f"t{i // args.save_every}"
                 r = s.put(server.url + "/datastore/label", params={"image": f"c{c}_FLAIR", "tag": tag},
                           files={"label": ("label.nii.gz", label)}, timeout=120)
-                (saves if r.status_code == 200 else failures).append((c, tag) if r.status_code == 200 else f"save {c}/{i}: {r.status_code}")
+                if r.status_code == 200:
+                    saves.append((c, tag))
+                else:
+                    failures.append(f"save {c}/{i}: {r.status_code}")
 
     def poll():
         s = requests.Session()
@@ -78,6 +81,11 @@ def main() -> int:
             time.sleep(0.05)
 
     try:
+        idle = []  # /info with nothing else running: the yardstick the tests' relative bounds use
+        for _ in range(20):
+            t = time.perf_counter()
+            requests.get(server.url + "/info/", timeout=10)
+            idle.append(time.perf_counter() - t)
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client, args=(c,)) for c in range(args.clients)]
         p = threading.Thread(target=poll)
@@ -93,10 +101,12 @@ def main() -> int:
     missing = [s for s in saves if s[1] not in data["objects"][f"c{s[0]}_FLAIR"]["labels"]]
     pct = lambda a, q: round(1000 * float(np.percentile(a, q)), 1)  # noqa: E731
     res = {"clients": args.clients, "requests_per_client": args.requests, "shape": list(args.shape),
-           "infers": len(infer_lat), "label_saves": len(saves), "failures": len(failures), "missing_labels": len(missing),
+           "infers": len(infer_lat), "label_saves": len(saves), "failures": len(failures),
+           "missing_labels": len(missing),
            "wall_s": round(wall, 1), "infers_per_s": round(len(infer_lat) / wall, 2),
            "infer_ms": {"p50": pct(infer_lat, 50), "p95": pct(infer_lat, 95), "p99": pct(infer_lat, 99)},
-           "info_ms": {"p50": pct(info_lat, 50), "p99": pct(info_lat, 99), "max": round(1000 * max(info_lat), 1)},
+           "info_ms": {"p50": pct(info_lat, 50), "p99": pct(info_lat, 99), "max": round(1000 * max(info_lat), 1),
+                       "idle_p50": pct(idle, 50)},
            "environment": environment()}
     (HERE / "results.json").write_text(json.dumps(res, indent=2))
     (HERE / "results.md").write_text(
@@ -104,7 +114,12 @@ def main() -> int:
         f"({'x'.join(map(str, args.shape))} phantoms, preprocessed) + {res['label_saves']} label saves on "
         f"{res['environment']['cpus']} CPUs: {res['infers_per_s']} infers/s, infer p50/p99 "
         f"{res['infer_ms']['p50']}/{res['infer_ms']['p99']} ms, /info p50/p99/max {res['info_ms']['p50']}/"
-        f"{res['info_ms']['p99']}/{res['info_ms']['max']} ms; failures {res['failures']}, missing labels {res['missing_labels']}.\n")
+        f"{res['info_ms']['p99']}/{res['info_ms']['max']} ms (idle p50 {res['info_ms']['idle_p50']} ms); "
+        f"failures {res['failures']}, missing labels {res['missing_labels']}. Machine load (1 min) "
+        f"{res['environment'].get('load_average_1min')}, {res['environment'].get('date')}.\n\n"
+        "The tests assert relative bounds only (/info under load within 100x its idle median, no answer held "
+        "for half the run); the absolute goals they used to assert (/info p99 < 200 ms under load, < 0.8 s "
+        "during an inference) are read off this benchmark.\n")
     print(json.dumps({k: v for k, v in res.items() if k != "environment"}, indent=2))
     return 1 if failures or missing else 0
 

@@ -28,9 +28,9 @@ def main() -> int:
     import torch
 
     from benchmarks.common import environment
-    from uad_label.networks.patchddm_inference import network_call
     from uad_label.diffusion import DiffusionSchedule
     from uad_label.networks.patchddm import PUBLISHED, PatchDDMUNet
+    from uad_label.networks.patchddm_inference import network_call
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size", type=int, default=256, help="cubic volume edge (multiple of 64)")

@@ -39,8 +39,8 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing) -> float | None:
 
 def main() -> int:
     from benchmarks.common import environment
+    from uad_label.cases import find_cases
     from uad_label.detectors import get_detector
-    from uad_label.evaluation.cases import discover_cases
     from uad_label.evaluation.metrics import PooledEvaluation, dice
     from uad_label.io import load_image
     from uad_label.preprocess.geometry import image_to_xyz
@@ -51,12 +51,15 @@ def main() -> int:
     ap.add_argument("--preprocessed", action="store_true")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--ensemble", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads while sampling (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of this process (0: torch's default)")
     a = ap.parse_args()
     det = get_detector("patchddm")
-    params = {"preprocessed": a.preprocessed, "steps": a.steps, "ensemble": a.ensemble, "threads": a.threads}
+    from uad_label.runtime import configure_threads
+
+    configure_threads(a.threads)
+    params = {"preprocessed": a.preprocessed, "steps": a.steps, "ensemble": a.ensemble}
     rows, maps, gts = [], [], []
-    for case in discover_cases(a.data_dir):
+    for case in find_cases(a.data_dir, require_gt=True):
         t = time.perf_counter()
         res = det.detect(case.images, params, progress=lambda f, m: None)
         seconds = time.perf_counter() - t
@@ -65,7 +68,8 @@ def main() -> int:
         score = image_to_xyz(res.anomaly_map)
         mask = image_to_xyz(res.mask) > 0
         rows.append({"case": case.case_id, "dice": dice(mask, gt), "hd95_mm": hd95(mask, gt, gt_img.GetSpacing()),
-                     "gt_ml": float(gt.sum() * np.prod(gt_img.GetSpacing()) / 1000), "found_ml": res.info["anomalous_volume_ml"],
+                     "gt_ml": float(gt.sum() * np.prod(gt_img.GetSpacing()) / 1000),
+                     "found_ml": res.info["anomalous_volume_ml"],
                      "mean_uncertainty": res.info["mean_uncertainty"], "components": len(res.info["components"]),
                      "seconds": round(seconds, 2), "sampling_seconds": res.info["sampling_seconds"],
                      "seconds_per_network_call": res.info["seconds_per_network_call"]})

@@ -29,8 +29,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from uad_label.networks.ppr import build_ppr, count_parameters  # noqa: E402
-from uad_label.networks.ppr_maps import (brain_bbox, coarse_map, exact_map, intensity_input, patch_map,  # noqa: E402
-                                         refine_blocks, unit_affine)
+from uad_label.networks.ppr_maps import (  # noqa: E402
+    brain_bbox,
+    coarse_map,
+    exact_map,
+    intensity_input,
+    patch_map,
+    refine_blocks,
+    unit_affine,
+)
 
 
 def _sync(device):
@@ -165,7 +172,8 @@ def main():
                   f"trained width {a['weights']['width']} (exact map {a['exact_seconds']} s)", "",
                   "| path | seconds | blocks | mean abs diff (mm) | max abs diff (mm) | Pearson | top-1% recall | "
                   "max diff in top 1% (mm) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['path']} | {r['seconds']} | {r['blocks']} | {r['mean_abs_diff_mm']} | {r['max_abs_diff_mm']} | "
+        lines += [f"| {r['path']} | {r['seconds']} | {r['blocks']} | {r['mean_abs_diff_mm']} | "
+                  f"{r['max_abs_diff_mm']} | "
                   f"{r['pearson']} | {r['top1pct_recall']} | {r['top1pct_max_abs_diff_mm']} |" for r in a["rows"]]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

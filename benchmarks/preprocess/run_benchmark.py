@@ -118,7 +118,8 @@ def main() -> int:
                     "native_spacing": [round(s, 3) for s in imgs["FLAIR"].GetSpacing()],
                     "wall_seconds_load_to_case": round(wall, 2), "load_seconds": round(load_s, 2),
                     "timings": {k: round(v, 2) for k, v in case.timings.items()},
-                    "registration": {k: reg[k] for k in ("passed", "mutual_information", "brain_in_head", "fov_coverage")},
+                    "registration": {k: reg[k]
+                                     for k in ("passed", "mutual_information", "brain_in_head", "fov_coverage")},
                     "affine_scales": reg["stages"].get("affine_scales"),
                     "modalities": {k: {kk: v[kk] for kk in ("accepted", "metric", "identity_metric", "max_shift_mm")}
                                    for k, v in reg["modalities"].items()},
@@ -167,15 +168,20 @@ def main() -> int:
         f"(shared; load average at end {', '.join(f'{x:.1f}' for x in result['machine']['load_average_at_end'])}); "
         f"SimpleITK {result['versions']['SimpleITK']}.", "",
         f"Command: `{result['command']}`", "",
-        "| case | native size / spacing | total s | N4 s | register s | other modalities s | resample s | MI | brain in head | FOV coverage | passed | mask back on native grid | native brain mL | T1/T2 vs dataset (mm) |",
+        "| case | native size / spacing | total s | N4 s | register s | other modalities s | resample s | MI | "
+        "brain in head | FOV coverage | passed | mask back on native grid | native brain mL | "
+        "T1/T2 vs dataset (mm) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         t, g = r["timings"], r["registration"]
         lines.append(
-            f"| {r['case']} | {r['native_size']} / {r['native_spacing']} | {r['wall_seconds_load_to_case']} | {t.get('n4')} | "
-            f"{t.get('register')} | {t.get('register_modalities', '-')} | {t.get('resample')} | {g['mutual_information']:.3f} | "
-            f"{g['brain_in_head']:.3f} | {g['fov_coverage']:.3f} | {g['passed']} | {r['native']['mask_back_on_native_grid']} | "
+            f"| {r['case']} | {r['native_size']} / {r['native_spacing']} | {r['wall_seconds_load_to_case']} | "
+            f"{t.get('n4')} | "
+            f"{t.get('register')} | {t.get('register_modalities', '-')} | {t.get('resample')} | "
+            f"{g['mutual_information']:.3f} | "
+            f"{g['brain_in_head']:.3f} | {g['fov_coverage']:.3f} | {g['passed']} | "
+            f"{r['native']['mask_back_on_native_grid']} | "
             f"{r['native']['native_brain_volume_ml']:.0f} | "
             f"{', '.join(f'{k} {v:.2f}' for k, v in r['intrastudy_error_mm_vs_dataset'].items()) or '-'} |")
     lines += ["", "Inter-study consistency (study1 and study2 FLAIR registered independently to the template, "

@@ -57,7 +57,7 @@ def main() -> int:
     for name in args.detectors:
         proc = subprocess.run([sys.executable, "-c", CHILD, name, args.case, args.device, str(args.repeats)],
                               capture_output=True, text=True, cwd=ROOT, env={**os.environ})
-        line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+        line = [s for s in proc.stdout.splitlines() if s.startswith("RESULT ")]
         if proc.returncode or not line:
             results.append({"detector": name, "error": proc.stderr[-2000:]})
             continue
@@ -80,14 +80,17 @@ def main() -> int:
     lines = [f"# Reconstruction detectors: inference per 182x218x182 volume ({args.device})", "",
              f"{env['date']}, {env['processor']}, {env['cpus']} CPUs, load average {env['load_average_1min']:.1f}, "
              f"torch {env['torch']}, device {env['device']}", "",
-             "| detector | first call s | detect s (median) | total s (median) | peak RSS MB | peak CUDA MB | load avg |",
+             "| detector | first call s | detect s (median) | total s (median) | peak RSS MB | peak CUDA MB | "
+             "load avg |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['detector']} | error | | | | |")
             continue
-        lines.append(f"| {r['detector']} | {r['first_call_s']} | {r['detect_median_s']:.2f} | {r['total_median_s']:.2f} | "
-                     f"{r['peak_rss_mb']} | {r.get('peak_cuda_mb', '-')} | {r['environment']['load_average_1min']:.1f} |")
+        lines.append(f"| {r['detector']} | {r['first_call_s']} | {r['detect_median_s']:.2f} | "
+                     f"{r['total_median_s']:.2f} | "
+                     f"{r['peak_rss_mb']} | {r.get('peak_cuda_mb', '-')} | "
+                     f"{r['environment']['load_average_1min']:.1f} |")
     (HERE / f"results_{args.device}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from ..evaluation.cases import flat_case_id
+from ..cases import split_name
 
 MODALITY_ORDER = ("FLAIR", "T2", "T1", "T1POST")
 
 
 def case_of(image_id: str) -> tuple[str, str | None]:
     """(case id, modality or None) of a datastore image id (ids carry no extension)."""
-    parsed = flat_case_id(image_id + ".nii.gz")
+    parsed = split_name(image_id + ".nii.gz")
     return parsed if parsed else (image_id, None)
 
 

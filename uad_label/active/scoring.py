@@ -23,7 +23,6 @@ import os
 import time
 from typing import Any, Callable
 
-import numpy as np
 import SimpleITK as sitk
 
 from .cases import case_of, representatives
@@ -56,13 +55,13 @@ def mean_uncertainty(result) -> float | None:
 
 def score_case(detector_name: str, image_path: str, params: dict) -> dict:
     """Run a detector on the case of `image_path`; the entry stored under anomaly_scores[detector]."""
+    from ..cases import case_of
     from ..detectors import get_detector
-    from ..server.inputs import case_images
 
     det = get_detector(detector_name)
     p = det.validate(params)
     t = time.perf_counter()
-    result = det.detect(case_images(image_path), p, progress=lambda f, m: None)
+    result = det.detect(case_of(image_path).images, p, progress=lambda f, m: None)
     entry = {
         "score": float(result.info["image_score"]),
         "anomalous_volume_ml": float(result.info.get("anomalous_volume_ml", 0.0)),

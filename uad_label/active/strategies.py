@@ -19,7 +19,7 @@ import logging
 import math
 import random
 import time
-from typing import Any, Iterable
+from typing import Any
 
 from monailabel.interfaces.tasks.strategy import Strategy
 

@@ -47,7 +47,8 @@ def case_report(flair, amap, mask, info: dict, path: str | Path, n_slices: int =
         ax = fig.add_subplot(gs[0, col])
         ax.imshow(_slice(img, axis, idx), cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         ov = _slice(m, axis, idx)
-        ax.imshow(np.ma.masked_where(ov < vmin, ov), cmap="hot", alpha=0.6, vmin=vmin, vmax=max(mmax, vmin + 1e-6), interpolation="nearest")
+        ax.imshow(np.ma.masked_where(ov < vmin, ov), cmap="hot", alpha=0.6, vmin=vmin, vmax=max(mmax, vmin + 1e-6),
+                  interpolation="nearest")
         ks = _slice(k, axis, idx)
         if ks.any():
             ax.contour(ks.astype(float), levels=[0.5], colors="cyan", linewidths=0.6)

@@ -1,8 +1,9 @@
 """`uad bench SUITE`: run a benchmark suite, print a table and write DIR/bench.json.
 
 Suites are registered in SUITES (name -> (one-line help, runner)); a runner takes
-(device, quick, out) and returns the result dict. The kernel suite lives in the kernel package
-(uad_kernels.bench) so it also runs without the CLI: `python -m uad_kernels.bench`.
+(device, quick, out) and returns the result dict. Benchmarks live beside the package in the source
+checkout (benchmarks/), not in it: the kernel suite is benchmarks/kernels/bench_kernels.py, which also
+runs on its own (`python benchmarks/kernels/bench_kernels.py`).
 """
 from __future__ import annotations
 
@@ -17,10 +18,25 @@ EPILOG = """examples:
 """
 
 
-def _kernels(device: str, quick: bool, out: Path | None) -> dict:
-    from uad_kernels.bench import run
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
-    return run(device=device, quick=quick, out=out)
+
+def load_benchmark(relative: str):
+    """The benchmark module at benchmarks/RELATIVE of the source checkout (not part of an installed package)."""
+    import importlib.util
+
+    path = BENCHMARKS / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark {relative}: not found under {BENCHMARKS}; benchmarks ship with the "
+                                "source checkout (git clone), not with an installed package")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _kernels(device: str, quick: bool, out: Path | None) -> dict:
+    return load_benchmark("kernels/bench_kernels.py").run(device=device, quick=quick, out=out)
 
 
 # suite name -> (help, runner(device, quick, out) -> result dict); add preprocessing/evaluation suites here

@@ -8,7 +8,8 @@ from .params_arg import add_param_options, collect_params
 
 HELP = """Run a detector on one case locally (no server) and write the float anomaly map, the mask at
 the threshold used and result.json (threshold, findings, per-slice scores, latencies) to --out.
-CASE is a case folder (FLAIR/T1/T2 files by name) or a single image file (taken as FLAIR)."""
+CASE is a case folder (FLAIR/T1/T2 files by name) or an image file: `x_FLAIR.nii.gz` brings its siblings
+`x_T1.*` and `x_T2.*` (the server's rule), a file whose name names no modality is taken as FLAIR."""
 EPILOG = """example:
   uad detect flair_threshold ../shared/data/mslub/patient26 --preprocessed --out out/p26
   uad detect flair_threshold scan_FLAIR.nii.gz -p threshold=0.98 --out out/scan"""
@@ -20,19 +21,20 @@ def add_arguments(p):
     p.add_argument("detector", choices=available(), help="detector name")
     p.add_argument("case", help="case folder or image file")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--brain-mask", default=None, help="brain mask file in the FLAIR's grid (else propagated from the template)")
+    p.add_argument("--brain-mask", default=None,
+                   help="brain mask file in the FLAIR's grid (else propagated from the template)")
     add_param_options(p)
 
 
 def run(args) -> int:
+    from ..cases import case_of
     from ..detectors import get_detector
-    from ..io import find_modalities, load_image
+    from ..io import load_image
 
     case = Path(args.case)
     if not case.exists():
         raise FileNotFoundError(f"CASE: {case} does not exist")
-    images = find_modalities(case) if case.is_dir() else {"FLAIR": case}
-    images.pop("GT", None)
+    images = case_of(case).images
     det = get_detector(args.detector)
     mask = load_image(args.brain_mask) if args.brain_mask else None
     from tqdm import tqdm
@@ -46,7 +48,8 @@ def run(args) -> int:
     paths = result.save(args.out)
     info = result.info
     print(f"threshold {info['threshold']:.4g} ({info['threshold_source']}); "
-          f"{len(info['components'])} finding(s), {info['anomalous_volume_ml']:.2f} mL; image score {info['image_score']:.4g}")
+          f"{len(info['components'])} finding(s), {info['anomalous_volume_ml']:.2f} mL; "
+          f"image score {info['image_score']:.4g}")
     for row in info["components"][:10]:
         print(f"  #{row['id']:<3} {row['volume_ml']:8.3f} mL  max {row['max_score']:.3f}  at RAS {row['centroid_ras']}")
     print(json.dumps({k: str(v) for k, v in paths.items()}), file=sys.stderr)

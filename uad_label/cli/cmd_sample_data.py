@@ -19,7 +19,8 @@ EPILOG = """examples:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dir", metavar="DIR", help="output studies folder (created; an existing uad datastore is rewritten)")
+    parser.add_argument("dir", metavar="DIR",
+                        help="output studies folder (created; an existing uad datastore is rewritten)")
     parser.add_argument("--n-healthy", type=int, default=4, help="healthy subjects (default 4)")
     parser.add_argument("--n-lesion", type=int, default=4, help="subjects with lesions (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed = identical data (default 0)")
@@ -29,12 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lesion-masks", metavar="MASKS_DIR", default=None,
                         help="paste real binary lesion masks (MNI space, any grid) from this folder instead of "
                              "synthetic lesions; lesion case k uses the k-th mask (sorted), cycling")
-    parser.add_argument("--downsample", type=int, default=1, help="coarser voxels by this factor (quick tests; default 1)")
+    parser.add_argument("--downsample", type=int, default=1,
+                        help="coarser voxels by this factor (quick tests; default 1)")
     parser.add_argument("--deform-mm", type=float, default=4.0,
                         help="largest displacement of the random smooth deformation in mm (0 = none; default 4)")
     parser.add_argument("--import", dest="import_dir", metavar="SRC", default=None,
                         help="import the scans in SRC into DIR instead of generating synthetic data")
-    parser.add_argument("--force", action="store_true", help="write into a non-empty folder that is not a uad datastore")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty folder that is not a uad datastore")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("uad_label.cli.cmd_evaluate", "evaluate a detector on a folder of cases with ground truth (Meissen et al. protocol)"),
     "batch": ("uad_label.cli.cmd_batch", "run a detector over every case of a folder: maps, masks, reports, summary CSV, overview"),
     "train": ("uad_label.cli.cmd_train", "train a learned detector on healthy data (demo CPU or full GPU configuration)"),
+    "calibrate": ("uad_label.cli.cmd_calibrate", "default threshold and fusion weights from approved labels"),
     "bench": ("uad_label.cli.cmd_bench", "run benchmarks (kernels, preprocessing, evaluation)"),
 }
 
@@ -51,8 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:  # argv was changed under us; rebuild for the named command
         module = importlib.import_module(COMMANDS[args.command][0])
     from ..preprocess import RegistrationError
+    from ..runtime import configure_threads
 
     try:
+        configure_threads()  # UAD_THREADS, once per process
         return int(module.run(args) or 0)
     except (ValueError, FileNotFoundError, RegistrationError) as exc:
         print(f"uad {args.command}: error: {exc}", file=sys.stderr)

@@ -8,9 +8,11 @@ import json
 def add_param_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                         help="detector parameter (repeatable), e.g. -p threshold=0.98 -p min_component_mm3=10")
-    parser.add_argument("--params", default=None, metavar="JSON", help='parameters as JSON, e.g. \'{"threshold": 0.98}\'')
+    parser.add_argument("--params", default=None, metavar="JSON",
+                        help='parameters as JSON, e.g. \'{"threshold": 0.98}\'')
     parser.add_argument("--preprocessed", action="store_true",
-                        help="input is already bias-corrected, brain-extracted and in template space (published protocol)")
+                        help="input is already bias-corrected, brain-extracted and in template space "
+                             "(published protocol)")
 
 
 def collect_params(args: argparse.Namespace) -> dict:

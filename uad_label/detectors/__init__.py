@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import importlib
 
-from ..training import register_trainer
 from .base import Detector
 
 _REGISTRY: dict[str, str] = {
     "flair_threshold": "uad_label.detectors.flair_threshold:FlairThreshold",
-    "inpainting": "uad_label.detectors.inpainting:InpaintingDetector", "inpainting_fast": "uad_label.detectors.inpainting:InpaintingFastDetector",
+    "inpainting": "uad_label.detectors.inpainting:InpaintingDetector",
+    "inpainting_fast": "uad_label.detectors.inpainting:InpaintingFastDetector",
     "patchddm": "uad_label.detectors.patchddm:PatchDDM",
     "ppr": "uad_label.detectors.ppr:PatchPositionRegression",
-    "baur_ae": "uad_label.detectors.baur_ae:BaurAE", "ae3d": "uad_label.detectors.ae3d:AE3D", "strega": "uad_label.detectors.strega:StRegA",
+    "tissue_outlier": "uad_label.detectors.tissue_outlier:TissueOutlier",
+    "fusion": "uad_label.detectors.fusion:Fusion",
+    "baur_ae": "uad_label.detectors.baur_ae:BaurAE",
+    "ae3d": "uad_label.detectors.ae3d:AE3D",
+    "strega": "uad_label.detectors.strega:StRegA",
 }
 _INSTANCES: dict[str, Detector] = {}
-
-# learned detectors: name -> "module:function" of their trainer (uad_label.training.TrainRequest -> dict)
-for _name, _target in {
-    "inpainting": "uad_label.training.inpainting:train_generator", "inpainting_fast": "uad_label.training.inpainting:train_regressor",
-    "patchddm": "uad_label.training.patchddm:train",
-    "ppr": "uad_label.training.ppr:train",
-    "baur_ae": "uad_label.training.baur_ae:train", "ae3d": "uad_label.training.ae3d:train", "strega": "uad_label.training.strega:train",
-}.items():
-    register_trainer(_name, _target)
-
 
 def available() -> list[str]:
     return sorted(_REGISTRY)
@@ -42,3 +36,7 @@ def get_detector(name: str) -> Detector:
 def register(name: str, target: str) -> None:
     """Add a detector ('package.module:Class'); later issues plug theirs in here."""
     _REGISTRY[name] = target
+
+
+if importlib.import_module(".samseg_runner", __name__).samseg_available():  # optional extra; imports no TensorFlow
+    register("samseg", "uad_label.detectors.samseg:Samseg")

@@ -3,6 +3,7 @@ thresholding, findings and timings. A detector only says how to compute its map.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -12,11 +13,16 @@ from typing import Callable, Mapping
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
 from ..results import DetectionResult, summarise
-from .params import COMMON_PARAMS, Param, validate
+from .calibration_card import calibrated_threshold
+from .params import COMMON_PARAMS, Param, ValidatedParams, validate
 
 log = logging.getLogger(__name__)
 Progress = Callable[[float, str], None]
+# one lock for reading weights and building networks: requests run in worker threads, and two
+# first requests must not build (or half-read) the same model twice
+_MODEL_LOCK = threading.RLock()
 
 
 @dataclass
@@ -44,19 +50,36 @@ class Detector(ABC):
         `uad train` or the train task writes new weights). UntrainedError when there are none."""
         from ..weights import find_weights, load_state
 
-        path = find_weights(self.weights_name)
-        key = (str(path), path.stat().st_mtime_ns) if path else None
-        cache = getattr(self, "_weights_cache", None)
-        if key is None or cache is None or cache[0] != key:
-            state, card = load_state(self.weights_name, map_location)
-            self._weights_cache = (key, state, card)
-        return self._weights_cache[1], self._weights_cache[2]
+        with _MODEL_LOCK:
+            path = find_weights(self.weights_name)
+            key = (str(path), path.stat().st_mtime_ns) if path else None
+            cache = getattr(self, "_weights_cache", None)
+            if key is None or cache is None or cache[0] != key:
+                state, card = load_state(self.weights_name, map_location)
+                self._weights_cache = (key, state, card)
+            return self._weights_cache[1], self._weights_cache[2]
+
+    def cached_model(self, device, build: Callable[[dict, dict, str], object]) -> tuple[object, dict]:
+        """(network, model card): `build(state, card, device)` makes the network in eval mode on `device`
+        once per weights file version and device; later requests reuse it (the one model cache of every
+        learned detector)."""
+        with _MODEL_LOCK:
+            state, card = self.load_weights()
+            key = (self._weights_cache[0], str(device))
+            cached = getattr(self, "_model_cache", None)
+            if cached is None or cached[0] != key:
+                self._model_cache = (key, build(state, card, str(device)))
+            return self._model_cache[1], card
 
     def all_params(self) -> tuple[Param, ...]:
         return COMMON_PARAMS + self.params
 
-    def validate(self, params: Mapping | None, ignore=()) -> dict:
-        return validate(self.all_params(), dict(params or {}), ignore)
+    def validate(self, params: Mapping | None, ignore=()) -> ValidatedParams:
+        """Defaults filled in, values coerced, unknown names refused; parameters this detector already
+        validated come back unchanged (validated once per request)."""
+        if isinstance(params, ValidatedParams) and params.detector == self.name:
+            return params
+        return ValidatedParams(self.name, validate(self.all_params(), dict(params or {}), ignore))
 
     def info(self) -> dict:
         from ..weights import find_weights
@@ -86,14 +109,14 @@ class Detector(ABC):
     def check_inputs(self, images: Mapping[str, sitk.Image]) -> None:
         missing = [m for m in self.modalities if m not in images]
         if missing:
-            raise ValueError(f"images: detector '{self.name}' needs modalities {list(self.modalities)}, "
+            raise InputError(f"images: detector '{self.name}' needs modalities {list(self.modalities)}, "
                              f"missing {missing} (received {sorted(images)})")
         for mod, img in images.items():
             if img.GetDimension() != 3:
-                raise ValueError(f"images['{mod}']: expected a 3D volume, received {img.GetDimension()}D")
+                raise InputError(f"images['{mod}']: expected a 3D volume, received {img.GetDimension()}D")
             arr = sitk.GetArrayViewFromImage(img)
             if not np.isfinite(arr).all():
-                raise ValueError(f"images['{mod}']: expected finite intensities, received NaN or infinity")
+                raise InputError(f"images['{mod}']: expected finite intensities, received NaN or infinity")
 
     def detect(self, images: Mapping[str, sitk.Image | str | Path], params: Mapping | None = None,
                progress: Progress | None = None, brain_mask: sitk.Image | None = None) -> DetectionResult:
@@ -118,8 +141,9 @@ class Detector(ABC):
         except RegistrationError as exc:  # no meaningful map from a scan that is not in template space
             metrics = {k: v for k, v in getattr(exc, "metrics", {}).items()
                        if k in ("mutual_information", "brain_in_head", "fov_coverage")}
-            raise ValueError(f"{self.name}: refused, the scan failed its registration to the MNI152 template "
+            raise InputError(f"{self.name}: refused, the scan failed its registration to the MNI152 template "
                              f"({exc}); metrics: {metrics}") from exc
+        check_case(case)
         timings["preprocess"] = time.perf_counter() - t
         timings.update({f"preprocess.{k}": v for k, v in getattr(case, "timings", {}).items()})
         contrast = {}
@@ -143,12 +167,13 @@ class Detector(ABC):
         report(0.85, "post-processing")
         t = time.perf_counter()
         if p["threshold"] is None:
-            threshold, source = self.default_threshold(work_map, case, p)
+            threshold, source = calibrated_threshold(self, p) or self.default_threshold(work_map, case, p)
         else:
             threshold, source = p["threshold"], "request"
         native_map = sitk.Cast(case.to_native(work_map, interpolation="linear"), sitk.sitkFloat32)
         native_brain = case.to_native(case.brain.astype(np.uint8), interpolation="nearest")
-        mask, info = summarise(native_map, native_brain, threshold, p["min_component_mm3"], p["connectivity"])
+        mask, info, component_ids = summarise(native_map, native_brain, threshold, p["min_component_mm3"],
+                                              p["connectivity"])
         extras = {name: sitk.Cast(case.to_native(np.asarray(a, np.float32), interpolation="linear"), sitk.sitkFloat32)
                   for name, a in out.extras.items()}
         timings["postprocess"] = time.perf_counter() - t
@@ -157,6 +182,18 @@ class Detector(ABC):
         info = {"detector": self.name, **info, "threshold_source": source,
                 "params": p, "latencies": {k: round(v, 4) for k, v in timings.items()},
                 "preprocessing": getattr(case, "registration", {}), "contrast": contrast, **out.info}
-        result = DetectionResult(native_map, mask, info, extras, brain=sitk.Cast(native_brain, sitk.sitkUInt8))
+        result = DetectionResult(native_map, mask, info, extras, brain=sitk.Cast(native_brain, sitk.sitkUInt8),
+                                 component_ids=component_ids)
         self.finalize(result, case, p)
         return result
+
+
+def check_case(case) -> None:
+    """What every detector needs of a preprocessed case, checked once for all of them: a non-empty brain
+    and finite intensities inside it."""
+    if not case.brain.any():
+        raise InputError("brain mask: expected brain voxels, received an empty mask (is the scan all zero?)")
+    for modality, array in case.arrays.items():
+        if not np.isfinite(array[case.brain]).all():
+            raise InputError(f"images['{modality}']: expected finite intensities inside the brain, "
+                             "received NaN or infinity")

@@ -2,9 +2,7 @@
 segmentation methods for brain MRI'): histogram-equalised FLAIR is the anomaly map."""
 from __future__ import annotations
 
-import numpy as np
-
-from skimage.exposure import cumulative_distribution
+from ..transforms.intensity import equalise_in_brain
 from .base import Detector
 from .params import Param
 
@@ -23,16 +21,7 @@ class FlairThreshold(Detector):
                     maximum=65536),)
 
     def compute_map(self, case, params, progress):
-        flair = case.arrays["FLAIR"]
-        brain = case.brain
-        if not brain.any():
-            raise ValueError("brain mask: expected brain voxels, received an empty mask (is the FLAIR all zero?)")
-        # scikit-image's equalize_hist, evaluated at brain voxels only (it interpolates every voxel,
-        # then we would zero the background again): same values, a fraction of the time
-        cdf, centres = cumulative_distribution(flair[brain], params["nbins"])
-        eq = np.zeros(flair.shape, np.float32)
-        eq[brain] = np.interp(flair[brain], centres, cdf)
-        return eq
+        return equalise_in_brain(case.arrays["FLAIR"], case.brain, params["nbins"])
 
     def default_threshold(self, work_map, case, params):
         return DEFAULT_THRESHOLD, "default: 0.99 on the equalised map (the brightest 1% of brain voxels)"

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class Param:
@@ -23,36 +25,36 @@ class Param:
         if value is None:
             if self.nullable:
                 return None
-            raise ValueError(f"parameter '{self.name}': expected {self._expect()}, received null")
+            raise InputError(f"parameter '{self.name}': expected {self._expect()}, received null")
         if self.type is bool:
             if isinstance(value, bool):
                 return value
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 return value.lower() in ("true", "1", "yes")
-            raise ValueError(f"parameter '{self.name}': expected true or false, received {value!r}")
+            raise InputError(f"parameter '{self.name}': expected true or false, received {value!r}")
         if self.type in (int, float):
             if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-                raise ValueError(f"parameter '{self.name}': expected {self._expect()}, received {value!r}")
+                raise InputError(f"parameter '{self.name}': expected {self._expect()}, received {value!r}")
             try:
                 number = float(value)
             except ValueError:
-                raise ValueError(f"parameter '{self.name}': expected {self._expect()}, received {value!r}") from None
+                raise InputError(f"parameter '{self.name}': expected {self._expect()}, received {value!r}") from None
             if not math.isfinite(number):
-                raise ValueError(f"parameter '{self.name}': expected a finite number, received {value!r}")
+                raise InputError(f"parameter '{self.name}': expected a finite number, received {value!r}")
             if self.type is int:
                 if number != int(number):
-                    raise ValueError(f"parameter '{self.name}': expected an integer, received {value!r}")
+                    raise InputError(f"parameter '{self.name}': expected an integer, received {value!r}")
                 number = int(number)
             if self.minimum is not None and number < self.minimum:
-                raise ValueError(f"parameter '{self.name}': expected {self._expect()}, received {value!r}")
+                raise InputError(f"parameter '{self.name}': expected {self._expect()}, received {value!r}")
             if self.maximum is not None and number > self.maximum:
-                raise ValueError(f"parameter '{self.name}': expected {self._expect()}, received {value!r}")
+                raise InputError(f"parameter '{self.name}': expected {self._expect()}, received {value!r}")
             value = number
         elif self.type is str:
             if not isinstance(value, str):
-                raise ValueError(f"parameter '{self.name}': expected a string, received {value!r}")
+                raise InputError(f"parameter '{self.name}': expected a string, received {value!r}")
         if self.choices is not None and value not in self.choices:
-            raise ValueError(f"parameter '{self.name}': expected one of {list(self.choices)}, received {value!r}")
+            raise InputError(f"parameter '{self.name}': expected one of {list(self.choices)}, received {value!r}")
         return value
 
     def _expect(self) -> str:
@@ -91,6 +93,16 @@ COMMON_PARAMS: tuple[Param, ...] = (
 )
 
 
+class ValidatedParams(dict):
+    """Parameters one detector has validated (defaults filled, values coerced). Passed on as they are:
+    a request's parameters are validated once, where they enter (server route, CLI, batch), and the
+    detector does not check them again."""
+
+    def __init__(self, detector: str, values: dict):
+        super().__init__(values)
+        self.detector = detector
+
+
 def validate(declared: Sequence[Param], given: dict | None, ignore: Sequence[str] = ()) -> dict:
     """Defaults filled in, values coerced; unknown names are an error (a typo must not pass
     silently), except keys in `ignore` (MONAI Label adds its own request keys)."""
@@ -98,5 +110,5 @@ def validate(declared: Sequence[Param], given: dict | None, ignore: Sequence[str
     by_name = {p.name: p for p in declared}
     unknown = sorted(k for k in given if k not in by_name and k not in ignore)
     if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}: expected some of {sorted(by_name)}")
+        raise InputError(f"unknown parameter(s) {unknown}: expected some of {sorted(by_name)}")
     return {name: p.coerce(given[name]) if name in given else p.default for name, p in by_name.items()}

@@ -9,7 +9,10 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+from ..device import resolve_device
 from ..networks.patchddm_inference import ensemble_maps, network_call, tile_roi
+from ..transforms.intensity import scale_modalities
+from ..transforms.model_grid import model_grid_shape, pad_to, to_model_grid
 from .base import Detector, MapOutput
 from .params import Param
 
@@ -42,52 +45,34 @@ class PatchDDM(Detector):
         Param("tile_overlap", 0.5, float, "overlap of neighbouring tiles (fraction of the tile)", minimum=0.0,
               maximum=0.9),
         Param("device", "auto", str, "cpu, cuda or auto"),
-        Param("threads", 0, int, "CPU intra-op threads while sampling (0: torch's setting; 1 is fastest on a CPU "
-              "shared with other jobs)", minimum=0, maximum=256),
     )
-
-    def __init__(self):
-        self._model_cache = None
 
     # ---------------------------------------------------------------- model
     def _model(self, device):
+        return self.cached_model(device, self._build)
+
+    @staticmethod
+    def _build(state, card, device):
         import torch
 
         from ..networks.patchddm import build
 
-        state, card = self.load_weights()
-        key = (id(state), device)
-        if self._model_cache is None or self._model_cache[0] != key:
-            if "network" not in card:
-                raise ValueError("patchddm weights: the model card lacks 'network' (retrain with `uad train patchddm`)")
-            model = build(card["network"])
-            model.load_state_dict(state)
-            model = model.to(device).eval()
-            if device.startswith("cuda"):
-                model = model.to(memory_format=torch.channels_last_3d)
-            self._model_cache = (key, model, card)
-        return self._model_cache[1], self._model_cache[2]
+        if "network" not in card:
+            raise ValueError("patchddm weights: the model card lacks 'network' (retrain with `uad train patchddm`)")
+        model = build(card["network"])
+        model.load_state_dict(state)
+        model = model.to(device).eval()
+        if device.startswith("cuda"):
+            model = model.to(memory_format=torch.channels_last_3d)
+        return model
 
     # ---------------------------------------------------------------- map
     def compute_map(self, case, params, progress):
-        import torch
-
-        before = torch.get_num_threads()
-        if params["threads"] > 0:
-            torch.set_num_threads(params["threads"])
-        try:
-            return self._compute_map(case, params, progress)
-        finally:
-            torch.set_num_threads(before)
-
-    def _compute_map(self, case, params, progress):
         import torch
         import torch.nn.functional as F
 
         from ..diffusion import DiffusionSchedule
         from ..networks.patchddm import coordinate_channels
-        from ..training import resolve_device
-        from ..training.patchddm import model_grid_shape, pad_to, scale_modalities, to_model_grid
         device = resolve_device(params["device"])
         cuda = device.startswith("cuda")
         model, card = self._model(device)
@@ -151,24 +136,19 @@ class PatchDDM(Detector):
         info = result.info
         info["mean_uncertainty"] = float(u[brain].mean()) if brain.any() else 0.0
         info["uncertain_volume_ml"] = float(u[brain].sum() * np.prod(unc.GetSpacing()) / 1000.0)
-        add_component_uncertainty(info["components"], sitk.GetArrayViewFromImage(result.mask) > 0, u,
-                                  info["connectivity"])
+        add_component_uncertainty(info["components"], result.component_ids, u)
         info["latencies"]["sampling"] = info["sampling_seconds"]
         info["latencies"]["uncertainty"] = round(time.perf_counter() - t, 4)
 
 
-def add_component_uncertainty(rows: list[dict], mask_kji: np.ndarray, unc_kji: np.ndarray, connectivity: int):
-    """Add `mean_uncertainty` to each component row (rows from uad_label.results.summarise, matched by centroid)."""
-    from scipy import ndimage as ndi
-
-    from ..postprocess.components import structure
-
+def add_component_uncertainty(rows: list[dict], component_ids: np.ndarray, unc: np.ndarray):
+    """Add `mean_uncertainty` to each component row, over the voxels that hold the row's id in
+    `component_ids` (the labelling uad_label.results.summarise made; same (k, j, i) order as `unc`)."""
     if not rows:
         return
-    labels, n = ndi.label(mask_kji, structure=structure(connectivity))
-    idx = np.arange(1, n + 1)
-    means = np.asarray(ndi.mean(unc_kji, labels, idx), np.float64).reshape(-1)
-    cents = np.asarray(ndi.center_of_mass(mask_kji, labels, idx), np.float64).reshape(-1, 3)[:, ::-1]  # (i, j, k)
+    ids = component_ids.ravel()
+    inside = ids > 0
+    sums = np.bincount(ids[inside], weights=np.asarray(unc, np.float64).ravel()[inside], minlength=len(rows) + 1)
+    counts = np.bincount(ids[inside], minlength=len(rows) + 1)
     for r in rows:
-        d = np.abs(cents - np.asarray(r["centroid_index"], np.float64)).sum(1)
-        r["mean_uncertainty"] = round(float(means[int(np.argmin(d))]), 6)
+        r["mean_uncertainty"] = round(float(sums[r["id"]] / counts[r["id"]]), 6)

@@ -20,8 +20,17 @@ import time
 
 import numpy as np
 
-from ..networks.ppr_maps import (brain_bbox, coarse_map, exact_map, intensity_input, patch_map, refine_blocks,
-                                unit_affine)
+from ..device import resolve_device
+from ..errors import InputError
+from ..networks.ppr_maps import (
+    brain_bbox,
+    coarse_map,
+    exact_map,
+    intensity_input,
+    patch_map,
+    refine_blocks,
+    unit_affine,
+)
 from .base import Detector, MapOutput
 from .params import Param
 
@@ -65,42 +74,39 @@ class PatchPositionRegression(Detector):
 
     # -- model ------------------------------------------------------------------------------------
     def _model(self, device):
+        return self.cached_model(device, self._build)
+
+    @staticmethod
+    def _build(state, card, device):
         from ..networks.ppr import build_ppr
 
-        state, card = self.load_weights()
-        key = (id(state), str(device))
-        cached = getattr(self, "_net_cache", None)
-        if cached is None or cached[0] != key:
-            cfg = card.get("network", {})
-            net = build_ppr(int(cfg.get("in_channels", 1)), int(cfg.get("width", 16)))
-            net.load_state_dict(state)
-            net.eval().to(device)
-            self._net_cache = (key, net, card)
-        return self._net_cache[1], self._net_cache[2]
+        cfg = card.get("network", {})
+        net = build_ppr(int(cfg.get("in_channels", 1)), int(cfg.get("width", 16)))
+        net.load_state_dict(state)
+        return net.eval().to(device)
 
     # -- detector API ---------------------------------------------------------------------------------
     def compute_map(self, case, params, progress):
         import torch
 
-        from ..training import resolve_device
 
         t_begin = time.perf_counter()
         reg = getattr(case, "registration", {}) or {}
         if not reg.get("passed", True):
-            raise ValueError("ppr: the scan failed its registration to the MNI152 template "
+            raise InputError("ppr: the scan failed its registration to the MNI152 template "
                              f"({'; '.join(reg.get('failed_checks', [])) or reg}); position regression needs a "
                              "registered scan and would give a meaningless map")
         if getattr(case, "mode", "template-space") == "resampled":
-            raise ValueError("ppr: the scan was not registered to the template (register=False); "
+            raise InputError("ppr: the scan was not registered to the template (register=False); "
                              "position regression needs template-space input")
         if not case.brain.any():
-            raise ValueError("ppr: the brain mask is empty")
+            raise InputError("ppr: the brain mask is empty")
         device = torch.device(resolve_device(params["device"]))
         net, card = self._model(device)
         mods = list(card.get("modalities", ["FLAIR"]))
         missing = [mm for mm in mods if mm not in case.arrays]
         if missing:
-            raise ValueError(f"images: the ppr weights were trained on {mods}; missing {missing}")
+            raise InputError(f"images: the ppr weights were trained on {mods}; missing {missing}")
         mode = params["mode"]
         if mode == "auto":
             mode = "exact" if device.type == "cuda" else "coarse"

@@ -12,17 +12,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from uad_kernels import error_map, otsu_threshold, remove_small_components
+
+from ..device import resolve_device
+from ..transforms.canvas import Canvas
+from ..transforms.intensity import median_normalise
 from .params import Param
-from .recon_base import Canvas, VolumeReconDetector, normalise
+from .recon_base import VolumeReconDetector
 
 BELOW = 0.999  # cap of the voxels the area opening removed
 
 STREGA_PARAMS = (
-    Param("otsu", "slice", str, "Otsu threshold per axial slice (published) or per volume", choices=("slice", "volume")),
+    Param("otsu", "slice", str, "Otsu threshold per axial slice (published) or per volume",
+          choices=("slice", "volume")),
     Param("area_opening_px", 256, int, "area opening: 2D components of fewer pixels (at 1 mm) are removed",
           minimum=0, maximum=100000),
     Param("tissue_beta", 0.5, float, "strength of the MRF prior of the tissue segmentation", minimum=0, maximum=5),
-    Param("device", "auto", str, "where the network runs (auto = CUDA when available)", choices=("auto", "cpu", "cuda")),
+    Param("device", "auto", str, "where the network runs (auto = CUDA when available)",
+          choices=("auto", "cpu", "cuda")),
 )
 
 
@@ -41,7 +48,7 @@ def canvas_tissue_input(volume: np.ndarray, brain: np.ndarray, cv: Canvas, modal
                         check: bool = True):
     """(input (X, Y, Z) tensor, brain (X, Y, Z) bool tensor, segmentation) on the network canvas: the
     normalised scan is brought to the canvas (downsampled by its factor) and segmented there."""
-    vol = cv.to_canvas(normalise(volume, brain))[0, 0]
+    vol = cv.to_canvas(median_normalise(volume, brain))[0, 0]
     bt = cv.to_canvas(brain.astype(np.float32))[0, 0] > 0.5
     x, seg = tissue_input(vol.numpy(), bt.numpy(), modality, beta, check)
     return torch.from_numpy(x), bt, seg
@@ -58,9 +65,8 @@ class StRegA(VolumeReconDetector):
 
     @torch.no_grad()
     def compute_map(self, case, params, progress):
-        from uad_kernels import error_map, otsu_threshold, remove_small_components
 
-        device = self._device(params)
+        device = resolve_device(params["device"])
         net, card = self.model(device)
         mod = self.check_modality(case, card)
         progress(0.05, "tissue segmentation")

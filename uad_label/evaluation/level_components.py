@@ -64,11 +64,18 @@ if numba is not None:
 
     @numba.njit(cache=True)
     def _sweep(parent, gt_flat, order, level_starts, flat_offsets, max_small):
-        # parent: -1 everywhere, over the padded volume raveled; the zero border means neighbours
-        # never leave it. int32 bookkeeping halves the random-access traffic on large volumes.
+        # parent: -1 everywhere (inactive), over the padded volume raveled; the zero border means
+        # neighbours never leave it. Only small components (<= max_small voxels) are kept in the
+        # union-find: a component that grows past max_small, or touches one that did, is marked BIG
+        # voxel by voxel (each voxel once, through the component's member list) and never looked up
+        # again; most neighbours of a new voxel are then one read of `parent` instead of a find.
+        # int32 bookkeeping halves the random-access traffic on large volumes.
+        big = -2
         n = parent.size
         size = np.zeros(n, parent.dtype)
         gsize = np.zeros(n, parent.dtype)
+        nxt = np.full(n, -1, parent.dtype)  # member list of each small component, from its root
+        tail = np.zeros(n, parent.dtype)
         n_levels = level_starts.size - 1
         small = np.zeros(n_levels, np.int64)
         small_gt = np.zeros(n_levels, np.int64)
@@ -81,37 +88,52 @@ if numba is not None:
                 v = order[p]
                 parent[v] = v
                 size[v] = 1
-                g = 1 if gt_flat[v] else 0
-                gsize[v] = g
-                cur_small += 1
-                cur_small_gt += g
+                gsize[v] = 1 if gt_flat[v] else 0
+                tail[v] = v
                 ra = v
+                touches_big = False
                 for j in range(n_off):
                     w = v + flat_offsets[j]
-                    if parent[w] < 0:
+                    pw = parent[w]
+                    if pw == -1:
+                        continue
+                    if pw == big:
+                        touches_big = True
                         continue
                     rb = _find(parent, w)
                     if ra == rb:
                         continue
-                    sa = size[ra]
-                    sb = size[rb]
-                    if sa <= max_small:
-                        cur_small -= sa
-                        cur_small_gt -= gsize[ra]
-                    if sb <= max_small:
-                        cur_small -= sb
-                        cur_small_gt -= gsize[rb]
-                    if sa < sb:
+                    cur_small -= size[rb]  # rb was a small component, counted
+                    cur_small_gt -= gsize[rb]
+                    if size[ra] < size[rb]:
                         ra, rb = rb, ra
                     parent[rb] = ra
-                    size[ra] = sa + sb
+                    size[ra] += size[rb]
                     gsize[ra] += gsize[rb]
-                    if sa + sb <= max_small:
-                        cur_small += sa + sb
-                        cur_small_gt += gsize[ra]
+                    nxt[tail[ra]] = rb
+                    tail[ra] = tail[rb]
+                if touches_big or size[ra] > max_small:
+                    u = ra
+                    while u != -1:
+                        parent[u] = big
+                        u = nxt[u]
+                else:
+                    cur_small += size[ra]
+                    cur_small_gt += gsize[ra]
             small[k] = cur_small
             small_gt[k] = cur_small_gt
         return small, small_gt
+
+
+def _box(mask: np.ndarray) -> tuple | None:
+    """Bounding box of a 3D mask from its projections (np.nonzero would build index arrays of every voxel)."""
+    spans = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        spans.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(spans)
 
 
 def quantize(score_map: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -148,7 +170,7 @@ def filtered_counts(
     gt = gt.astype(bool)
     levels = quantize(score_map, thresholds)
     # level-0 voxels are below every threshold: crop to the box of the others (the brain, usually)
-    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(levels)) if levels.any() else None
+    box = _box(levels > 0)
     if box is not None and levels[box].size < levels.size:
         levels, gt = levels[box], gt[box]  # outside voxels are never predicted: no effect on pred or tp
     if n_levels < 255:

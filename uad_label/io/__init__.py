@@ -1,4 +1,4 @@
-"""Image I/O at the SimpleITK boundary: load / save volumes, find the modalities of a case.
+"""Image I/O at the SimpleITK boundary: load / save volumes (which files make a case: uad_label.cases).
 
 Supported formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
 (``.mha``, ``.mhd``) and DICOM (a series directory, or one ``.dcm`` file of a series).
@@ -9,34 +9,22 @@ the package's (x, y, z) RAS+ work arrays happens in :mod:`uad_label.preprocess`.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
-from typing import Iterable
 
 import SimpleITK as sitk
 
+from ..errors import InputError
+
 __all__ = [
     "SUPPORTED_EXTENSIONS",
-    "MODALITY_ALIASES",
     "load_image",
     "save_image",
-    "find_modalities",
+    "is_dicom_dir",
     "image_extension",
 ]
 
 #: File name endings understood by :func:`load_image` / :func:`save_image` (lower case).
 SUPPORTED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
-#: Canonical modality name -> lower-case name tokens that denote it.
-MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
-    "FLAIR": ("flair", "t2flair", "t2_flair"),
-    "T1": ("t1", "t1w", "mprage", "t1_weighted"),
-    "T1POST": ("t1post", "t1ce", "t1c", "t1gd", "t1_post", "t1w_post", "t1_ce", "t1_gd"),
-    "T2": ("t2", "t2w", "t2_weighted"),
-    "GT": ("gt", "seg", "segmentation", "lesion", "lesions", "label", "labels", "consensus",
-           "groundtruth", "ground_truth", "lesion_mask"),
-}
-
 
 def image_extension(path: str | os.PathLike) -> str | None:
     """The supported extension ``path`` ends with (lower case, e.g. ``'.nii.gz'``), or None."""
@@ -47,18 +35,13 @@ def image_extension(path: str | os.PathLike) -> str | None:
     return None
 
 
-def _stem(path: Path) -> str:
-    ext = image_extension(path)
-    return path.name[: -len(ext)] if ext else path.name
-
-
 def _read_dicom_series(directory: Path, series_id: str | None = None,
                        file_in_series: Path | None = None) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
     try:
         ids = list(reader.GetGDCMSeriesIDs(str(directory)))
     except RuntimeError as exc:  # pragma: no cover - GDCM scanning errors are rare
-        raise ValueError(f"cannot scan {directory} for DICOM series: {exc}") from exc
+        raise InputError(f"cannot scan {directory} for DICOM series: {exc}") from exc
     if not ids:
         raise ValueError(
             f"{directory} is a directory but holds no DICOM series (no readable DICOM files); "
@@ -78,12 +61,12 @@ def _read_dicom_series(directory: Path, series_id: str | None = None,
                 f"folder or pass series_id=")
         series_id = ids[0]
     if series_id not in files_by_id:
-        raise ValueError(f"DICOM series {series_id!r} not found in {directory}; found {ids}")
+        raise InputError(f"DICOM series {series_id!r} not found in {directory}; found {ids}")
     reader.SetFileNames(files_by_id[series_id])
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise ValueError(f"cannot read DICOM series {series_id} in {directory}: {exc}") from exc
+        raise InputError(f"cannot read DICOM series {series_id} in {directory}: {exc}") from exc
 
 
 def load_image(path: str | os.PathLike, series_id: str | None = None) -> sitk.Image:
@@ -116,10 +99,10 @@ def load_image(path: str | os.PathLike, series_id: str | None = None) -> sitk.Im
                 image = sitk.ReadImage(str(p))
             except RuntimeError as exc:
                 first = str(exc).strip().splitlines()
-                detail = next((l for l in first if "rror" in l or "annot" in l), first[-1] if first else "")
-                raise ValueError(f"{p}: unreadable {ext} image ({detail.strip()})") from exc
+                detail = next((line for line in first if "rror" in line or "annot" in line), first[-1] if first else "")
+                raise InputError(f"{p}: unreadable {ext} image ({detail.strip()})") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(
+        raise InputError(
             f"{p}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
             f"a scalar 3D volume is needed")
     dim = image.GetDimension()
@@ -128,9 +111,9 @@ def load_image(path: str | os.PathLike, series_id: str | None = None) -> sitk.Im
         image = sitk.Extract(image, size[:3] + [0], [0, 0, 0, 0])
         dim = 3
     if dim != 3:
-        raise ValueError(f"{p}: image is {dim}D with size {image.GetSize()}; a 3D volume is needed")
+        raise InputError(f"{p}: image is {dim}D with size {image.GetSize()}; a 3D volume is needed")
     if min(image.GetSize()) < 2:
-        raise ValueError(f"{p}: image size {image.GetSize()} is a single slice; a 3D volume is needed")
+        raise InputError(f"{p}: image size {image.GetSize()} is a single slice; a 3D volume is needed")
     if not p.is_dir() and image_extension(p) in (".nii", ".nii.gz"):
         _refuse_nifti_nan(p)
     return image
@@ -147,7 +130,7 @@ def _refuse_nifti_nan(path: Path) -> None:
         return
     n = int(np.isnan(np.asarray(img.dataobj)).sum())
     if n:
-        raise ValueError(f"{path}: {n} voxel(s) are NaN; expected finite intensities (fix or mask the scan)")
+        raise InputError(f"{path}: {n} voxel(s) are NaN; expected finite intensities (fix or mask the scan)")
 
 
 def save_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
@@ -171,72 +154,9 @@ def save_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True
     return p
 
 
-_ALIAS_TO_MODALITY = {a: m for m, aliases in MODALITY_ALIASES.items() for a in aliases}
-
-
-def _modality_of_name(name: str) -> str | None:
-    """Canonical modality named by a file stem or folder name, or None (unknown / ambiguous)."""
-    low = name.lower()
-    if low in _ALIAS_TO_MODALITY:
-        return _ALIAS_TO_MODALITY[low]
-    tokens = [t for t in re.split(r"[\s_\-.]+", low) if t]
-    found = {_ALIAS_TO_MODALITY[t] for t in tokens if t in _ALIAS_TO_MODALITY}
-    # two-token aliases such as "t1_post" / "t2_flair"
-    for a, b in zip(tokens, tokens[1:]):
-        pair = f"{a}_{b}"
-        if pair in _ALIAS_TO_MODALITY:
-            found -= {_ALIAS_TO_MODALITY.get(a), _ALIAS_TO_MODALITY.get(b)}
-            found.add(_ALIAS_TO_MODALITY[pair])
-    return found.pop() if len(found) == 1 else None
-
-
-def _is_dicom_dir(p: Path) -> bool:
+def is_dicom_dir(p: Path) -> bool:
+    """Whether folder ``p`` holds at least one DICOM series."""
     try:
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
     except RuntimeError:  # pragma: no cover
         return False
-
-
-def find_modalities(case: str | os.PathLike | Iterable[str | os.PathLike]) -> dict[str, Path]:
-    """Find the FLAIR / T1 / T1POST / T2 / GT images of a case by name.
-
-    ``case`` is a case folder or an iterable of files. A file is recognised by its name without
-    extension, case-insensitively: the whole name (``FLAIR.nii.gz``, ``t2.mha``, ``T1W.nrrd``,
-    ``GT.nii.gz``) or one ``_``/``-``/``.``-separated token (``sub01_FLAIR.nii.gz``,
-    ``study1_T2W.nii.gz``); names with tokens of different modalities are ignored. In a folder,
-    a sub-folder named like a modality holding a DICOM series counts too. Files of unsupported
-    types (``.txt`` transforms, ...) are ignored.
-
-    Raises:
-        FileNotFoundError: the folder does not exist.
-        ValueError: two files claim the same modality (the message lists them) — pass the
-            files explicitly to choose.
-    """
-    if isinstance(case, (str, os.PathLike)):
-        root = Path(case)
-        if not root.exists():
-            raise FileNotFoundError(f"case folder not found: {root}")
-        if not root.is_dir():
-            raise ValueError(f"{root} is not a folder; pass a case folder or a list of files")
-        candidates = sorted(root.iterdir())
-    else:
-        candidates = [Path(c) for c in case]
-    found: dict[str, list[Path]] = {}
-    for p in candidates:
-        if p.name.startswith("."):
-            continue
-        if p.is_dir():
-            mod = _modality_of_name(p.name)
-            if mod is not None and _is_dicom_dir(p):
-                found.setdefault(mod, []).append(p)
-            continue
-        if image_extension(p) is None:
-            continue
-        mod = _modality_of_name(_stem(p))
-        if mod is not None:
-            found.setdefault(mod, []).append(p)
-    dupes = {m: [str(x) for x in ps] for m, ps in found.items() if len(ps) > 1}
-    if dupes:
-        raise ValueError(f"several images per modality: {dupes}; pass the files of one study explicitly")
-    order = [m for m in MODALITY_ALIASES if m in found]
-    return {m: found[m][0] for m in order}

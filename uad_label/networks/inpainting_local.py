@@ -27,6 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uad_kernels import accumulate_scores, finalize_heatmap, inpaint_windows
+from uad_kernels.inpaint import InpaintResult
+
 from .inpainting import InpaintGenerator, _UnetBlock
 
 
@@ -258,8 +261,6 @@ def local_inpaint_heatmap(inpainter: LocalBoxInpainter, image: torch.Tensor, *, 
     """The same protocol and result as ``uad_kernels.inpaint_heatmap(image[None], G, ...)`` (windows,
     box-only L1/L2 score, overlap mean or max), with G's box outputs from ``inpainter``.
     image: (S, S) normalised slice; returns uad_kernels' InpaintResult."""
-    from uad_kernels import accumulate_scores, finalize_heatmap, inpaint_windows
-    from uad_kernels.inpaint import InpaintResult
 
     if metric not in ("l1", "l2"):
         raise ValueError(f"metric: expected 'l1' or 'l2', received {metric!r}")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from uad_kernels import accumulate_scores, finalize_heatmap, inpaint_batch, inpaint_heatmap, inpaint_windows
+
 ENGINES = ("auto", "local", "batched")
 
 
@@ -17,7 +19,6 @@ def exact_slice_map(net, img: torch.Tensor, brain: torch.Tensor, *, box: int, st
                     engine: str = "auto") -> tuple[torch.Tensor, str]:
     """(heat map (H, W), engine used) of generator `net` over every box position touching the brain.
     engine 'auto' is 'local' on a CPU and 'batched' on CUDA; both give G's exact box errors."""
-    from uad_kernels import inpaint_heatmap
 
     if engine not in ENGINES:
         raise ValueError(f"parameter 'engine': expected one of {ENGINES}, received {engine!r}")
@@ -48,7 +49,6 @@ def fast_slice_map(net, img: torch.Tensor, brain: torch.Tensor, *, box: int, str
                    err_scale: float, batch_size: int) -> torch.Tensor:
     """Heat map (H, W) of regressor `net` (R): its predicted box error of each masked copy, spread
     over the box footprint and averaged where windows overlap."""
-    from uad_kernels import accumulate_scores, finalize_heatmap, inpaint_batch, inpaint_windows
 
     cuda = img.device.type == "cuda"
     starts = inpaint_windows(img.shape, box, stride, brain)

@@ -6,6 +6,8 @@ tests run on machines that hold only torch and numpy. See detectors/patchddm.py 
 """
 from __future__ import annotations
 
+from uad_kernels import remove_small_components, sliding_window_inference
+
 
 def network_call(model, roi: tuple[int, ...] | None, overlap: float = 0.5, cuda: bool = False):
     """eps = net(cat(cond, x_t), t) over the whole volume at once, or tile by tile (roi) with
@@ -22,7 +24,6 @@ def network_call(model, roi: tuple[int, ...] | None, overlap: float = 0.5, cuda:
         return whole
 
     def tiled(x, t):
-        from uad_kernels import sliding_window_inference
 
         # every tile of one call shares the step's timestep; the coordinate channels are the whole
         # volume's ramps cut with the tile, so a position means the same in every tile
@@ -52,7 +53,6 @@ def ensemble_maps(samples, remove_isolated: bool = True, isolated_voxels: int = 
     voxels (26-connected) are set to 0 first. The variance is divided by 0.25, the largest variance of
     values in [0, 1], so the uncertainty lies in [0, 1] (1: half the samples say lesion)."""
     import torch
-    from uad_kernels import remove_small_components
 
     s = samples.float().clone()
     removed = 0

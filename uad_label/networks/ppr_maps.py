@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from uad_kernels import gather_patches
+
+from ..transforms.intensity import equalise_in_brain
+
 # Fixed template box (MNI152 2009 grid, voxel centres, RAS mm): positions are normalised over it,
 # so the template grid (197x233x189) and the FSL MNI grid (182x218x182) give the same coordinate
 # to the same anatomy.
@@ -28,15 +32,7 @@ def unit_affine(affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def intensity_input(case, modalities) -> np.ndarray:
     """(C, X, Y, Z) float32: each modality histogram-equalised inside the brain, zero outside."""
-    from skimage.exposure import cumulative_distribution
-
-    brain = case.brain
-    out = np.zeros((len(modalities), *brain.shape), np.float32)
-    for c, mod in enumerate(modalities):
-        vals = case.arrays[mod][brain]
-        cdf, centres = cumulative_distribution(vals, 256)
-        out[c][brain] = np.interp(vals, centres, cdf)
-    return out
+    return np.stack([equalise_in_brain(case.arrays[mod], case.brain) for mod in modalities])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -85,7 +81,7 @@ def exact_map(net, image, m, b, bbox, device, slab_voxels=2_000_000, method="sti
     from .ppr import HALO
 
     lo, hi = bbox
-    size = [h - l for l, h in zip(lo, hi)]
+    size = [h - low for low, h in zip(lo, hi)]
     padded = F.pad(image, (HALO,) * 6)
     out = torch.zeros(image.shape[1:], dtype=torch.float32, device=device)
     slab = max(4, min(size[0], slab_voxels // max(1, size[1] * size[2])))
@@ -105,7 +101,6 @@ def patch_map(net, image, brain, m, b, device, chunk=None, progress=None):
     """The published evaluation: each brain voxel's 31^3 patch gathered (uad_kernels) in chunks,
     evaluated, its error written into the map. Same values as exact_map, much slower."""
     import torch
-    from uad_kernels import gather_patches
 
     from .ppr import PATCH
 
@@ -138,7 +133,7 @@ def coarse_map(net, image, m, b, bbox, device, slab_voxels=8_000_000):
     from .ppr import HALO, STRIDE
 
     lo, hi = bbox
-    size = [h - l for l, h in zip(lo, hi)]
+    size = [h - low for low, h in zip(lo, hi)]
     nodes = [(s - 1) // STRIDE + 2 if (s - 1) % STRIDE else (s - 1) // STRIDE + 1 for s in size]
     span = [STRIDE * (n - 1) + 1 for n in nodes]  # voxels covered by the node grid (>= size)
     extra = [sp - s for sp, s in zip(span, size)]

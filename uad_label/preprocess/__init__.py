@@ -1,6 +1,6 @@
 """Preprocessing shared by every detector: load -> RAS -> N4 -> 1 mm -> MNI152 registration ->
-brain mask, with an exact way back to the native grid. See docs/preprocessing.md."""
-from uad_label.preprocess.normalize import equalize_hist, percentile_scale, zero_outside, zscore
+brain mask, with an exact way back to the native grid. See docs/preprocessing.md. Intensity
+normalisation lives in uad_label.transforms.intensity (shared by detectors and trainers)."""
 from uad_label.preprocess.pipeline import (
     PreprocessedCase,
     PreprocessOptions,
@@ -17,8 +17,4 @@ __all__ = [
     "preprocess",
     "grid_from_affine",
     "isotropic_ras_grid",
-    "zscore",
-    "percentile_scale",
-    "equalize_hist",
-    "zero_outside",
 ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
+
 __all__ = ["head_mask", "shrink_factors", "n4_bias_correct"]
 
 
@@ -49,7 +51,7 @@ def n4_bias_correct(image: sitk.Image, mask: sitk.Image | None = None, voxel_mm:
         mask_small = sitk.Resample(sitk.Cast(mask > 0, sitk.sitkUInt8), small, sitk.Transform(),
                                    sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     if int(np.count_nonzero(sitk.GetArrayViewFromImage(mask_small))) < 100:
-        raise ValueError("N4: the foreground mask is (nearly) empty; is the image blank?")
+        raise InputError("N4: the foreground mask is (nearly) empty; is the image blank?")
     n4 = sitk.N4BiasFieldCorrectionImageFilter()
     n4.SetMaximumNumberOfIterations([int(i) for i in iterations])
     n4.SetConvergenceThreshold(convergence)

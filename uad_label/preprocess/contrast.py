@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from ..errors import InputError
+
 MIN_VOXELS = 500  # fewer voxels in any tissue region: the grid does not hold a template-space brain
 # template space means: the case's brain lies inside the template's brain mask and covers at least half
 # of it (MSLUB in FSL's MNI grid: 99.9 % and 60 %; the template mask also holds CSF and brainstem)
@@ -71,8 +73,8 @@ def _template_regions() -> sitk.Image:
 @functools.lru_cache(maxsize=8)
 def _regions_on(affine: tuple, shape: tuple) -> np.ndarray:
     """The tissue regions on a work grid (cached: an evaluation runs many cases on one grid)."""
+    from .case import grid_from_affine
     from .geometry import image_to_xyz
-    from .pipeline import grid_from_affine
 
     grid = grid_from_affine(np.asarray(affine).reshape(4, 4), shape)
     return image_to_xyz(sitk.Resample(_template_regions(), grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
@@ -110,7 +112,7 @@ def check_modality_contrast(case, modality: str) -> dict | None:
         side = "low" if lo is not None and value < lo else "high" if hi is not None and value > hi else None
         if side:
             bound = f">= {lo}" if side == "low" else f"<= {hi}"
-            raise ValueError(
+            raise InputError(
                 f"images['{modality}']: the scan does not have {modality} contrast: {HINTS[(ratio, side)]} "
                 f"(median {ratio.replace('_', '/').upper()} ratio {value:.2f}, expected {bound} for {modality}). "
                 f"Send it under its own modality, or set the parameter check_contrast to false if it is "

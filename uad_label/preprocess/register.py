@@ -8,7 +8,7 @@ initialisation (same scanner session), inside the reference's head mask.
 
 Quality check (:func:`registration_quality`): final Mattes MI at full resolution, the fraction of
 the template brain that falls inside the scan's head mask, and the fraction of the template brain
-the scan covers. A failed check raises :class:`~uad_label.preprocess.pipeline.RegistrationError`.
+the scan covers. A failed check raises :class:`~uad_label.preprocess.case.RegistrationError`.
 """
 from __future__ import annotations
 
@@ -20,14 +20,15 @@ import numpy as np
 import SimpleITK as sitk
 
 from uad_label.preprocess.bias import head_mask, n4_bias_correct, shrink_factors
-from uad_label.preprocess.geometry import image_to_xyz, ras_affine
-from uad_label.preprocess.pipeline import (
-    _INTERP,
+from uad_label.preprocess.case import (
+    INTERPOLATORS,
     PreprocessedCase,
     PreprocessOptions,
     RegistrationError,
-    _onto_grid,
+    isotropic_ras_grid,
+    onto_grid,
 )
+from uad_label.preprocess.geometry import image_to_xyz, ras_affine
 
 __all__ = [
     "intensity_for_registration",
@@ -115,7 +116,7 @@ def register_to_template(moving: sitk.Image, opts: PreprocessOptions,
     mov = sitk.BinShrink(sitk.Cast(moving, sitk.sitkFloat32), factors)
     if moving_head is None:
         moving_head = head_mask(mov)
-    moving_head = _onto_grid(moving_head, mov, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)
+    moving_head = onto_grid(moving_head, mov, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)
     mov = intensity_for_registration(mov, moving_head)
 
     def stage(name, transform, shrink, sigmas, iterations, learning_rate):
@@ -165,15 +166,14 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, opts: PreprocessOption
     """Rigid registration of two scans of one session (identity start). ``fixed`` is resampled to
     isotropic ``spacing_mm`` (anisotropic slices would not survive shrinking). Returns the
     transform fixed physical -> moving physical and metric info."""
-    from uad_label.preprocess.pipeline import isotropic_ras_grid
 
     t0 = time.perf_counter()
     if fixed_mask is None:
         fixed_mask = head_mask(sitk.BinShrink(fixed, shrink_factors(fixed.GetSpacing(), spacing_mm)))
     grid = isotropic_ras_grid(fixed, spacing_mm)
-    fix = intensity_for_registration(_onto_grid(fixed, grid), _onto_grid(
+    fix = intensity_for_registration(onto_grid(fixed, grid), onto_grid(
         fixed_mask, grid, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8))
-    fmask = _onto_grid(fixed_mask, grid, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)
+    fmask = onto_grid(fixed_mask, grid, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)
     mov = sitk.BinShrink(sitk.Cast(moving, sitk.sitkFloat32),
                          shrink_factors(moving.GetSpacing(), spacing_mm))
     mov = intensity_for_registration(mov, head_mask(mov))
@@ -299,19 +299,19 @@ def registered_pipeline(imgs: dict, ref_name: str, user_mask, opts: PreprocessOp
 
     t0 = time.perf_counter()
     grid = work_grid_for(template, opts.spacing)
-    interp = _INTERP[opts.interpolation]
-    arrays = {k: image_to_xyz(_onto_grid(corrected[k], grid, transforms[k], interp=interp), np.float32)
+    interp = INTERPOLATORS[opts.interpolation]
+    arrays = {k: image_to_xyz(onto_grid(corrected[k], grid, transforms[k], interp=interp), np.float32)
               for k in imgs}
     ones = sitk.Image(ref.GetSize(), sitk.sitkUInt8) + 1
     ones.CopyInformation(ref)
-    fov = image_to_xyz(_onto_grid(ones, grid, to_ref, interp=sitk.sitkNearestNeighbor,
+    fov = image_to_xyz(onto_grid(ones, grid, to_ref, interp=sitk.sitkNearestNeighbor,
                                   out_type=sitk.sitkUInt8)) > 0
-    head_w = image_to_xyz(_onto_grid(heads[ref_name], grid, to_ref, interp=sitk.sitkNearestNeighbor,
+    head_w = image_to_xyz(onto_grid(heads[ref_name], grid, to_ref, interp=sitk.sitkNearestNeighbor,
                                      out_type=sitk.sitkUInt8)) > 0
-    tbrain = image_to_xyz(_onto_grid(tmask, grid, interp=sitk.sitkNearestNeighbor,
+    tbrain = image_to_xyz(onto_grid(tmask, grid, interp=sitk.sitkNearestNeighbor,
                                      out_type=sitk.sitkUInt8)) > 0
     if user_mask is not None:
-        brain = image_to_xyz(_onto_grid(user_mask, grid, to_ref, interp=sitk.sitkLinear)) >= 0.5
+        brain = image_to_xyz(onto_grid(user_mask, grid, to_ref, interp=sitk.sitkLinear)) >= 0.5
     else:
         brain = tbrain & fov
     timings["resample"] = time.perf_counter() - t0

@@ -101,14 +101,14 @@ def plan_cases(n_healthy: int, n_lesion: int, seed: int) -> list[dict]:
     if n_healthy < 0 or n_lesion < 0 or n_healthy + n_lesion == 0:
         raise ValueError(f"need at least one case (n_healthy={n_healthy}, n_lesion={n_lesion})")
     kinds = []
-    h, l = n_healthy, n_lesion
-    while h or l:
-        if l:
+    left_healthy, left_lesion = n_healthy, n_lesion
+    while left_healthy or left_lesion:
+        if left_lesion:
             kinds.append(False)
-            l -= 1
-        if h:
+            left_lesion -= 1
+        if left_healthy:
             kinds.append(True)
-            h -= 1
+            left_healthy -= 1
     return [dict(id=f"sub-{i:03d}", healthy=k, seed=subject_seed(seed, i)) for i, k in enumerate(kinds)]
 
 

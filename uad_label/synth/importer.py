@@ -101,7 +101,8 @@ def _dicom_series(folder: Path) -> list[tuple[sitk.Image, str, Path]]:
         try:
             img = reader.Execute()
         except RuntimeError as exc:
-            raise ValueError(f"cannot read DICOM series {sid} in {folder}: {str(exc).strip().splitlines()[-1]}") from None
+            raise ValueError(f"cannot read DICOM series {sid} in {folder}: "
+                             f"{str(exc).strip().splitlines()[-1]}") from None
         desc = reader.GetMetaData(0, "0008|103e").strip() if reader.HasMetaDataKey(0, "0008|103e") else ""
         out.append((img, desc, folder))
     return out

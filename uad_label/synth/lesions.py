@@ -62,7 +62,7 @@ def _blob(rng, assets, centre_vox, radius_mm, elongation, axis, occ, strength, s
     hi = np.minimum(centre_vox + half + 1, np.array(occ.shape))
     if np.any(hi <= lo):
         return
-    grids = np.meshgrid(*[(np.arange(l, h) - c) * sp for l, h, c in zip(lo, hi, centre_vox)], indexing="ij")
+    grids = np.meshgrid(*[(np.arange(low, h) - c) * sp for low, h, c in zip(lo, hi, centre_vox)], indexing="ij")
     pts = np.stack(grids, -1)
     frame = _orthonormal(axis, rng)
     uvw = pts @ frame.T
@@ -72,7 +72,7 @@ def _blob(rng, assets, centre_vox, radius_mm, elongation, axis, occ, strength, s
     e = e * (1.0 + 0.22 * noise)
     width = 0.6  # soft border half-width in mm
     o = np.clip(0.5 + (1.0 - e) * b / (2 * width), 0, 1).astype(np.float32)
-    sl = tuple(slice(l, h) for l, h in zip(lo, hi))
+    sl = tuple(slice(low, h) for low, h in zip(lo, hi))
     np.maximum(occ[sl], o, out=occ[sl])
     s = strength[sl]
     s[o > 0] = np.maximum(s[o > 0], s_value)
@@ -124,7 +124,7 @@ def synthetic_lesions(rng: np.random.Generator, assets: TemplateAssets, n_lesion
     # the gate can cut specks off a lesion: drop ground-truth components under ~20 mm^3
     nz = np.argwhere(occ > 0)
     if nz.size:
-        box = tuple(slice(l, h + 1) for l, h in zip(nz.min(0), nz.max(0)))
+        box = tuple(slice(low, h + 1) for low, h in zip(nz.min(0), nz.max(0)))
         sub = occ[box]
         lab, n = ndimage.label(sub >= 0.5, structure=np.ones((3, 3, 3)))
         small = np.bincount(lab.ravel(), minlength=n + 1) * sp ** 3 < 20.0

@@ -133,9 +133,9 @@ def _mapping(rng_geo, rng_def, assets: TemplateAssets, grid: sitk.Image, geometr
     for k in range(3):
         c = (total[k, 0] * idx[0][:, None, None] + total[k, 1] * idx[1][None, :, None]
              + total[k, 2] * idx[2][None, None, :] + np.float32(total[k, 3]))
-        for l in range(3):
+        for j in range(3):
             if deform_mm > 0:
-                c = c + np.float32(lin[k, l]) * disp[l]
+                c = c + np.float32(lin[k, j]) * disp[j]
         coords.append(c.astype(np.float32, copy=False))
     if deform_mm > 0:
         meta["max_displacement_mm"] = float(deform_mm)
@@ -198,7 +198,7 @@ def _warp_layers(layers: list[np.ndarray], coords, out_shape, support, stacked=N
         return [np.zeros(out_shape, np.float32) for _ in layers]
     lo = np.maximum(nz.min(0) - 1, 0)
     hi = np.minimum(nz.max(0) + 2, np.array(layers[0].shape))
-    box = tuple(slice(l, h) for l, h in zip(lo, hi))
+    box = tuple(slice(low, h) for low, h in zip(lo, hi))
     st = np.stack([np.asarray(a[box], np.float32) for a in layers], axis=-1)
     return _warp(st, lo, coords, out_shape, support)
 

@@ -184,6 +184,7 @@ def load_template(downsample: int = 1) -> TemplateAssets:
     for v in arrays.values():
         v.setflags(write=False)
     vent.setflags(write=False)
-    return TemplateAssets(reference=ref, spacing=vox, ventricles=vent, brain_center=brain_center, brain_bbox=brain_bbox, support=support,
+    return TemplateAssets(reference=ref, spacing=vox, ventricles=vent, brain_center=brain_center, brain_bbox=brain_bbox,
+                          support=support,
                           stacked=stacked,
                           **{k: v.astype(np.float32, copy=False) for k, v in arrays.items()})

@@ -4,7 +4,8 @@ FSL FAST is not installable here, so this is the same model written in numpy: a 
 mixture on the brain intensities fitted by EM, with a Potts Markov random field prior (the
 posterior of each voxel's 6 neighbours, mean-field approximation, strength `beta`) entering every
 E-step, as in FAST's hidden MRF-EM (Zhang et al. 2001) without its bias-field estimation (the
-pipeline's N4 has done that). Classes are found by intensity and named by the modality's contrast
+pipeline's N4 has done that). The EM + MRF loop is uad_label.tissue.mixture's, shared with the
+tissue_outlier detector. Classes are found by intensity and named by the modality's contrast
 order: T1 CSF < GM < WM; T2 WM < GM < CSF; FLAIR CSF < WM < GM.
 """
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .mixture import fit_mixture
 
 BACKGROUND, CSF, GM, WM = 0, 1, 2, 3
 TISSUES = {CSF: "CSF", GM: "GM", WM: "WM"}
@@ -31,18 +34,6 @@ class TissueSegmentation:
     stds: np.ndarray
     fractions: dict  # tissue name -> fraction of brain voxels
     iterations: int
-
-
-def _neighbour_sum(p: np.ndarray) -> np.ndarray:
-    """Sum of the 6-neighbours of every voxel for each class, p of shape (K, X, Y, Z) (zero padded)."""
-    out = np.zeros_like(p)
-    for axis in (1, 2, 3):
-        sl_a = [slice(None)] * 4
-        sl_b = [slice(None)] * 4
-        sl_a[axis], sl_b[axis] = slice(1, None), slice(None, -1)
-        out[tuple(sl_a)] += p[tuple(sl_b)]
-        out[tuple(sl_b)] += p[tuple(sl_a)]
-    return out
 
 
 def _kmeans_init(vals: np.ndarray, bins: int = 256, iterations: int = 50):
@@ -83,41 +74,19 @@ def segment_tissues(volume: np.ndarray, brain: np.ndarray, modality: str, beta: 
     # crop to the brain's bounding box
     idx = np.nonzero(brain)
     box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in idx)
-    v = vol[box].astype(np.float32)
     m = brain[box]
-    vals = v[m]
+    vals = vol[box][m].astype(np.float32)
     scale = float(np.percentile(vals, 99.5)) or 1.0
-    v = v / scale
     vals = vals / scale
     mu, sd, pi = _kmeans_init(vals)
-    post = None
-    it = 0
-    for it in range(1, iterations + 1):
-        # E-step: Gaussian log-likelihood + MRF prior from the neighbours' current posteriors
-        ll = -0.5 * ((v[None] - mu[:, None, None, None]) / sd[:, None, None, None]) ** 2 - np.log(sd)[:, None, None, None]
-        logp = ll + np.log(pi)[:, None, None, None]
-        if post is not None and beta > 0:
-            logp = logp + beta * _neighbour_sum(post)
-        logp -= logp.max(0, keepdims=True)
-        p = np.exp(logp)
-        p /= p.sum(0, keepdims=True)
-        p *= m[None]
-        # M-step
-        w = p.reshape(3, -1).sum(1) + 1e-8
-        new_mu = (p * v[None]).reshape(3, -1).sum(1) / w
-        new_sd = np.sqrt((p * (v[None] - new_mu[:, None, None, None]) ** 2).reshape(3, -1).sum(1) / w)
-        new_sd = np.maximum(new_sd, 1e-3).astype(np.float32)
-        new_mu = new_mu.astype(np.float32)
-        pi = (w / w.sum()).astype(np.float32)
-        shift = np.abs(new_mu - mu).max()
-        mu, sd, post = new_mu, new_sd, p.astype(np.float32)
-        if shift < tol:
-            break
+    fit = fit_mixture(vals[None], m, means=mu[:, None], covs=(sd ** 2)[:, None, None], weights=pi, beta=beta,
+                      iterations=iterations, tol=tol)
+    mu, sd, it = fit.means[:, 0].astype(np.float32), np.sqrt(fit.covs[:, 0, 0]).astype(np.float32), fit.iterations
     order = np.argsort(mu)
     rank_of_class = np.empty(3, int)
     rank_of_class[order] = np.arange(3)
-    cls = post.argmax(0)
-    ranks_box = np.where(m, rank_of_class[cls] + 1, 0).astype(np.uint8)
+    ranks_box = np.zeros(m.shape, np.uint8)
+    ranks_box[m] = rank_of_class[fit.posterior.argmax(0)] + 1
     tissue_of_rank = np.array((BACKGROUND, *CONTRAST_ORDER[modality]), np.uint8)
     ranks = np.zeros(vol.shape, np.uint8)
     ranks[box] = ranks_box

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..networks import ae3d
 from . import TrainRequest
-from .recon_common import train_volume_autoencoder
+from .recon_common import overridable_keys, train_volume_autoencoder
 
 DEFAULTS = {
     "common": {"modality": "FLAIR", "loss": "mse", "lr": 1e-3, "val_fraction": 0.17, "threshold_percentile": 99.5},
@@ -15,6 +15,13 @@ DEFAULTS = {
     "full": {"network": ae3d.FULL, "canvas": (160, 192, 160), "factor": 1, "epochs": 200, "batch_size": 1,
              "max_minutes": 600.0},
 }
+
+
+DISTRIBUTED = True  # `uad train ae3d --nproc N` (recon_common through uad_label.training.distributed)
+
+
+def overridable(config: str) -> set[str]:
+    return overridable_keys(DEFAULTS, config)
 
 
 def train(request: TrainRequest) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..networks import baur
 from . import TrainRequest
-from .recon_common import train_volume_autoencoder
+from .recon_common import overridable_keys, train_volume_autoencoder
 
 DEFAULTS = {
     "common": {"modality": "FLAIR", "loss": "l1", "lr": 1e-3, "val_fraction": 0.17, "threshold_percentile": 99.5},
@@ -14,6 +14,13 @@ DEFAULTS = {
     "full": {"network": baur.FULL, "canvas": (160, 192, 160), "factor": 1, "epochs": 200, "batch_size": 2,
              "max_minutes": 600.0},
 }
+
+
+DISTRIBUTED = True  # `uad train baur_ae --nproc N` (recon_common through uad_label.training.distributed)
+
+
+def overridable(config: str) -> set[str]:
+    return overridable_keys(DEFAULTS, config)
 
 
 def train(request: TrainRequest) -> dict:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.cases import discover_cases, flat_case_id
+from ..cases import find_cases, split_name
+from ..errors import InputError
 from ..io import image_extension
 
 
@@ -26,28 +27,30 @@ def healthy_cases(source: str | Path, modalities=("FLAIR",)) -> list[dict[str, P
     manifest = root / "manifest.json"
     healthy_ids: set[str] | None = None
     if manifest.exists():
-        healthy_ids = {c["id"] for c in json.loads(manifest.read_text(encoding="utf-8")).get("cases", []) if c.get("healthy")}
+        healthy_ids = {c["id"] for c in json.loads(manifest.read_text(encoding="utf-8")).get("cases", [])
+                       if c.get("healthy")}
     elif (root / "healthy.txt").exists():
-        healthy_ids = {l.strip() for l in (root / "healthy.txt").read_text(encoding="utf-8").splitlines() if l.strip()}
+        healthy_ids = {line.strip() for line in (root / "healthy.txt").read_text(encoding="utf-8").splitlines()
+                       if line.strip()}
     elif (root / "datastore_v2.json").exists():
         objects = json.loads((root / "datastore_v2.json").read_text(encoding="utf-8")).get("objects", {})
         healthy_ids = set()
         for image_id, obj in objects.items():
             if obj.get("image", {}).get("info", {}).get("healthy"):
-                parsed = flat_case_id(image_id + ".nii.gz")
+                parsed = split_name(image_id + ".nii.gz")
                 healthy_ids.add(parsed[0] if parsed else image_id)
     out = []
     files = [p for p in sorted(root.iterdir()) if p.is_file() and image_extension(p)]
-    if healthy_ids is None and files and all(flat_case_id(p.name) is None for p in files):
+    if healthy_ids is None and files and all(split_name(p.name) is None for p in files):
         # a plain folder of single-modality scans (IXI-style): each file is one case of modalities[0]
         return [{modalities[0]: p} for p in files]
-    for case in discover_cases(root, require_gt=False):
+    for case in find_cases(root):
         if healthy_ids is not None and case.case_id not in healthy_ids:
             continue
         if all(m in case.images for m in modalities):
             out.append({m: case.images[m] for m in modalities})
     if not out:
-        raise ValueError(f"data: no healthy case with modalities {list(modalities)} in {root} "
+        raise InputError(f"data: no healthy case with modalities {list(modalities)} in {root} "
                          "(mark healthy cases in manifest.json, healthy.txt or the image info)")
     return out
 

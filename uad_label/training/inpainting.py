@@ -22,9 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import TrainRequest, resolve_device
+from ..device import resolve_device
+from . import TrainRequest, check_config, check_overrides
 
 log = logging.getLogger(__name__)
+MIN_BRAIN_FRACTION_TRAIN = 0.02  # drop slices whose brain covers less than this of the network slice
 
 CONFIGS = {
     # the demo: small G on 128x128 slices of 2x-downsampled volumes, minutes on 2 CPU cores
@@ -39,13 +41,14 @@ CONFIGS = {
 KNOWN = set(CONFIGS["cpu"]) | {"epochs", "box", "preprocessed", "steps", "lr", "batch_size"}
 
 
+def overridable(config: str) -> set[str]:
+    check_config(config, CONFIGS)
+    return KNOWN
+
+
 def _settings(request: TrainRequest) -> dict:
-    if request.config not in CONFIGS:
-        raise ValueError(f"config: expected one of {sorted(CONFIGS)}, received {request.config!r}")
+    check_overrides(request, overridable(request.config))
     s = dict(CONFIGS[request.config], box=16, preprocessed=None)
-    unknown = sorted(set(request.overrides) - KNOWN)
-    if unknown:
-        raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(KNOWN)}")
     s.update(request.overrides)
     if "epochs" in request.overrides:  # one "epoch" = as many steps as slices / batch
         s["epochs"] = int(request.overrides["epochs"])
@@ -55,7 +58,7 @@ def _settings(request: TrainRequest) -> dict:
 # ----------------------------------------------------------------------------- data
 def _sources(request: TrainRequest):
     """[(name, {modality: path}, lesion mask path or None)]."""
-    from ..io import find_modalities
+    from ..cases import find_modalities
     from .data import healthy_cases
 
     out = []
@@ -82,11 +85,12 @@ def _is_template_space(arr: np.ndarray) -> bool:
 
 def load_training_slices(request: TrainRequest, cfg, preprocessed=None, progress=None):
     """(images (N, S, S), brains (N, S, S) bool, description of the sources)."""
-    from ..detectors.inpainting import MIN_BRAIN_FRACTION_TRAIN, SliceMapper
+    import SimpleITK as sitk
+
     from ..io import load_image
     from ..preprocess import PreprocessOptions, preprocess
+    from ..transforms.slices import SliceMapper
     from .data import lesion_free_slices
-    import SimpleITK as sitk
 
     sources = _sources(request)
     imgs, brains, desc = [], [], []
@@ -235,12 +239,13 @@ def train_generator(request: TrainRequest) -> dict:
         opt_g.step()
         if step % 10 == 0 or step == 1:
             history.append({"step": step, "l1": round(float(l1.detach()), 5), "adv": round(float(adv.detach()), 4),
-                            "d": round(float(loss_d.detach()), 4), "box_l1": round(float(box_errors(fake.detach(), x, starts,
-                                                                                          cfg.box).mean()), 5),
+                            "d": round(float(loss_d.detach()), 4),
+                            "box_l1": round(float(box_errors(fake.detach(), x, starts, cfg.box).mean()), 5),
                             "seconds": round(time.perf_counter() - t0, 1)})
             report(0.1 + 0.75 * min(1.0, step / steps if not s["max_seconds"] else
                                     (time.perf_counter() - t0) / s["max_seconds"]),
-                   f"step {step}: l1 {float(l1.detach()):.4f} adv {float(adv.detach()):.3f} D {float(loss_d.detach()):.3f}")
+                   f"step {step}: l1 {float(l1.detach()):.4f} adv {float(adv.detach()):.3f} "
+                   f"D {float(loss_d.detach()):.3f}")
         if s["max_seconds"] and time.perf_counter() - t0 > s["max_seconds"]:
             break
     seconds = time.perf_counter() - t0
@@ -321,10 +326,12 @@ def train_regressor(request: TrainRequest) -> dict:
         loss.backward()
         opt.step()
         if step % 10 == 0 or step == 1:
-            history.append({"step": step, "mse": round(float(loss.detach()), 6), "target_mean": round(float(target.mean()), 5),
+            history.append({"step": step, "mse": round(float(loss.detach()), 6),
+                            "target_mean": round(float(target.mean()), 5),
                             "seconds": round(time.perf_counter() - t0, 1)})
             report(0.1 + 0.75 * min(1.0, (time.perf_counter() - t0) / (s["r_max_seconds"] or 1e30)
-                                    if s["r_max_seconds"] else step / s["r_steps"]), f"step {step}: mse {float(loss.detach()):.5f}")
+                                    if s["r_max_seconds"] else step / s["r_steps"]),
+                   f"step {step}: mse {float(loss.detach()):.5f}")
         if s["r_max_seconds"] and time.perf_counter() - t0 > s["r_max_seconds"]:
             break
     seconds = time.perf_counter() - t0

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..transforms.intensity import scale_modalities
+from ..transforms.model_grid import model_grid_shape, to_model_grid
+
 log = logging.getLogger(__name__)
 
 NAME = "patchddm"
@@ -50,46 +53,6 @@ OVERRIDABLE = {"steps", "lr", "batch_size", "crop", "spacing_mm", "max_minutes",
                "min_real_cases", "holdout", "preprocessed", "network", "threads"}
 
 
-# ----------------------------------------------------------------------------- inputs (shared with inference)
-def scale_modalities(case, modalities=MODALITIES) -> np.ndarray:
-    """(C, X, Y, Z) float32: each modality mapped 0.5 -> 99.5 brain percentile to 0 -> 1, 0 outside the brain."""
-    from ..preprocess import percentile_scale
-
-    missing = [m for m in modalities if m not in case.arrays]
-    if missing:
-        raise ValueError(f"images: patchddm needs modalities {list(modalities)}, missing {missing}")
-    if not case.brain.any():
-        raise ValueError("brain mask: expected brain voxels, received an empty mask")
-    out = np.stack([percentile_scale(case.arrays[m], case.brain, 0.5, 99.5, clip=False) for m in modalities])
-    out = np.clip(out, -0.5, 2.0)
-    out[:, ~case.brain] = 0.0
-    return out.astype(np.float32)
-
-
-def model_grid_shape(shape, spacing_mm: float, work_spacing=(1.0, 1.0, 1.0)) -> tuple[int, ...]:
-    return tuple(max(1, int(round(n * s / spacing_mm))) for n, s in zip(shape, work_spacing))
-
-
-def to_model_grid(array: np.ndarray, size) -> "torch.Tensor":
-    """(C, X, Y, Z) work array -> (C, *size) tensor by area averaging (identity when the size is kept)."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)
-    if tuple(t.shape[1:]) == tuple(size):
-        return t
-    return F.adaptive_avg_pool3d(t[None], tuple(size))[0]
-
-
-def pad_to(t, divisor: int):
-    """Zero-pad the spatial end of (C, X, Y, Z) to multiples of divisor; returns (padded, original size)."""
-    import torch.nn.functional as F
-
-    size = tuple(t.shape[-3:])
-    pads = [(-n) % divisor for n in size]
-    return F.pad(t, (0, pads[2], 0, pads[1], 0, pads[0])), size
-
-
 # ----------------------------------------------------------------------------- data
 def _final_label(root: Path, case_id: str, images: dict) -> Path | None:
     from ..io import image_extension
@@ -109,17 +72,18 @@ def _final_label(root: Path, case_id: str, images: dict) -> Path | None:
 
 def labelled_cases(sources, holdout=()) -> tuple[list[dict], list[dict]]:
     """(real, synthetic) cases: {"id", "images", "label", "preprocessed", "source"}."""
-    from ..evaluation.cases import discover_cases
+    from ..cases import find_cases
 
     real, synthetic = [], []
     for src in sources:
         root = Path(src)
         if not root.is_dir():
             raise FileNotFoundError(f"data: expected a folder (datastore or labelled cases), received {root}")
-        manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8")) if (root / "manifest.json").exists() else {}
+        manifest = (json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+                    if (root / "manifest.json").exists() else {})
         is_synth = manifest.get("kind") == "synthetic"
         template = manifest.get("geometry") == "template"
-        for case in discover_cases(root, require_gt=False):
+        for case in find_cases(root):
             if case.case_id in holdout or not all(m in case.images for m in MODALITIES):
                 continue
             label = _final_label(root, case.case_id, case.images)
@@ -146,7 +110,7 @@ def load_case(entry: dict, spacing_mm: float, preprocessed: bool | None = None):
     case = preprocess(images, PreprocessOptions(preprocessed=pre, bias_correction=not pre), reference="FLAIR")
     label = case.to_work(load_image(entry["label"]), interpolation="nearest") > 0
     size = model_grid_shape(case.shape, spacing_mm, case.spacing)
-    x = to_model_grid(scale_modalities(case), size)
+    x = to_model_grid(scale_modalities(case, MODALITIES), size)
     y = to_model_grid(label[None].astype(np.float32), size)
     coords = coordinate_channels(size)
     return torch.cat([x, coords]), y * 2.0 - 1.0
@@ -170,16 +134,20 @@ def crop_pad(t, start, crop: int):
 
 
 # ----------------------------------------------------------------------------- training
+def overridable(config: str) -> set[str]:
+    from . import check_config
+
+    check_config(config, CONFIGS)
+    return OVERRIDABLE
+
+
 def train(request) -> dict:
     import torch
 
-    from . import resolve_device
+    from ..device import resolve_device
+    from . import check_overrides
 
-    if request.config not in CONFIGS:
-        raise ValueError(f"config: expected one of {sorted(CONFIGS)}, received {request.config!r}")
-    unknown = sorted(set(request.overrides) - OVERRIDABLE)
-    if unknown:
-        raise ValueError(f"overrides: unknown {unknown}; expected some of {sorted(OVERRIDABLE)}")
+    check_overrides(request, overridable(request.config))
     cfg = {**CONFIGS[request.config], **request.overrides}
     holdout = cfg.get("holdout") or []
     holdout = set(holdout.split(",") if isinstance(holdout, str) else holdout)

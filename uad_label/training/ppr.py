@@ -20,13 +20,18 @@ from pathlib import Path
 
 import numpy as np
 
-from . import TrainRequest, resolve_device
+from uad_kernels import gather_patches
+
+from ..device import resolve_device
+from . import TrainRequest, check_config, check_overrides
 
 CONFIGS = {
     "cpu": {"width": 4, "steps": 3000, "sampling": "crops", "crops": 8, "crop_grid": 3, "patches": 256,
-            "lr": 1e-3, "max_volumes": 10, "max_minutes": 8.0, "eval_every": 100, "eval_batches": 8, "modalities": ["FLAIR"]},
+            "lr": 1e-3, "max_volumes": 10, "max_minutes": 8.0, "eval_every": 100, "eval_batches": 8,
+            "modalities": ["FLAIR"]},
     "full": {"width": 16, "steps": 60000, "sampling": "uniform", "crops": 4, "crop_grid": 4, "patches": 256,
-             "lr": 1e-4, "max_volumes": 0, "max_minutes": 0.0, "eval_every": 1000, "eval_batches": 16, "modalities": ["FLAIR"]},
+             "lr": 1e-4, "max_volumes": 0, "max_minutes": 0.0, "eval_every": 1000, "eval_batches": 16,
+             "modalities": ["FLAIR"]},
 }
 TEMPLATE_SHAPES = {(197, 233, 189), (182, 218, 182)}
 
@@ -54,24 +59,25 @@ def _has_brain(brain: np.ndarray) -> np.ndarray:
     return maximum_filter(brain.astype(np.uint8), size=PATCH, mode="constant") > 0
 
 
+def overridable(config: str) -> set[str]:
+    check_config(config, CONFIGS)
+    return set(CONFIGS[config]) | {"preprocessed", "batch_size"}
+
+
 def train(request: TrainRequest) -> dict:
     import torch
     import torch.nn.functional as F
 
-    from ..networks.ppr_maps import BOX_MM, unit_affine
     from ..networks.ppr import HALO, PATCH, STRIDE, build_ppr, count_parameters
+    from ..networks.ppr_maps import BOX_MM, unit_affine
     from ..weights import save_state
     from .data import healthy_cases
 
-    if request.config not in CONFIGS:
-        raise ValueError(f"config: expected one of {sorted(CONFIGS)}, received {request.config!r}")
+    check_overrides(request, overridable(request.config))
     cfg = dict(CONFIGS[request.config])
     overrides = dict(request.overrides)
     if "batch_size" in overrides:  # the generic name (MONAI Label train task) for patches per step
         overrides["patches"] = overrides.pop("batch_size")
-    unknown = sorted(set(overrides) - set(cfg) - {"preprocessed"})
-    if unknown:
-        raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(cfg) + ['preprocessed']}")
     cfg.update({k: v for k, v in overrides.items() if k != "preprocessed"})
     if cfg["sampling"] not in ("uniform", "crops"):
         raise ValueError(f"sampling: expected 'uniform' or 'crops', received {cfg['sampling']!r}")
@@ -102,14 +108,14 @@ def train(request: TrainRequest) -> dict:
 
     net = build_ppr(len(mods), cfg["width"]).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+           else torch.autocast("cpu", enabled=False))
     g = int(cfg["crop_grid"])
     crop = PATCH + STRIDE * (g - 1)
 
     def batch(v):
         """(inputs, true unit positions (N, 3), valid (N,)) for one step on volume v."""
         if cfg["sampling"] == "uniform":
-            from uad_kernels import gather_patches
 
             sel = v["cand"][rng.integers(0, len(v["cand"]), int(cfg["patches"]))]
             c = torch.as_tensor(sel, device=device)

@@ -1,7 +1,9 @@
 """Training shared by the volumetric reconstruction detectors (baur_ae, ae3d): healthy volumes
 through the inference preprocessing (uad_label.detectors.recon_base), a held-out healthy
 validation split, the best checkpoint by validation loss, and the calibration stored in the
-model card (default thresholds = a high percentile of the healthy map; the healthy mean residual)."""
+model card (default thresholds = a high percentile of the healthy map; the healthy mean residual).
+Runs on several processes under torchrun (`uad train NAME --nproc N`, uad_label.training.distributed): each
+takes its DistributedSampler share of every epoch, rank 0 alone writes the weights and card."""
 from __future__ import annotations
 
 import copy
@@ -16,8 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..detectors.recon_base import Canvas, normalise, residual_map
-from . import TrainRequest, resolve_device
+from ..device import resolve_device
+from ..errors import InputError
+from ..transforms.canvas import Canvas
+from ..transforms.intensity import median_normalise
+from ..transforms.residual import canvas_filter_size, residual_map, threshold_key
+from . import TrainRequest, check_config, check_overrides, distributed
 from .data import healthy_cases
 
 log = logging.getLogger(__name__)
@@ -56,10 +62,10 @@ def load_healthy_volumes(request: TrainRequest, modality: str, canvas, factor: i
             progress(0.1 * i / len(cases), f"loading {Path(c[modality]).name}")
         pc = preprocess({modality: load_image(c[modality])}, PreprocessOptions(preprocessed=pre), reference=modality)
         cv = Canvas.around(pc.brain, canvas, factor)
-        xs.append(cv.to_canvas(normalise(pc.arrays[modality], pc.brain)))
+        xs.append(cv.to_canvas(median_normalise(pc.arrays[modality], pc.brain)))
         bs.append(cv.to_canvas(pc.brain.astype(np.float32)) > 0.5)
     if len(xs) < 2:
-        raise ValueError(f"data: expected at least 2 healthy {modality} cases (one for validation), received {len(xs)}")
+        raise InputError(f"data: expected at least 2 healthy {modality} cases (one for validation), received {len(xs)}")
     return torch.cat(xs), torch.cat(bs), [str(c[modality]) for c, _, _ in cases]
 
 
@@ -77,23 +83,28 @@ def loss_weights(x: torch.Tensor, b: torch.Tensor, exclude_above) -> torch.Tenso
     except (TypeError, ValueError):
         ratio = float("nan")
     if not ratio > 1.0:
-        raise ValueError(f"exclude_above: expected a ratio to the brain median above 1 (e.g. 1.25), "
+        raise InputError(f"exclude_above: expected a ratio to the brain median above 1 (e.g. 1.25), "
                          f"received {exclude_above!r}")
     bright = (x > 0.5 * ratio) & b
     grown = torch.nn.functional.max_pool3d(bright.float(), 3, stride=1, padding=1) > 0
     return (~grown).float()
 
 
-def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
-    """Mean L1 or squared error over the voxels with weight 1 (all voxels: torch's L1Loss / MSELoss)."""
+def weighted_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, kind: str,
+                  total: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean L1 or squared error over the voxels with weight 1 (all voxels: torch's L1Loss / MSELoss).
+    `total`: the denominator instead of weight.sum() (per process, the global batch's weight sum / world size,
+    so the mean of the processes' losses is the global batch's loss)."""
     err = (pred - target).abs() if kind == "l1" else (pred - target) ** 2
-    return (err * weight).sum() / weight.sum().clamp_min(1.0)
+    return (err * weight).sum() / (weight.sum() if total is None else total).clamp_min(1.0)
 
 
-def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Left-right flips and a random intensity gain / gamma per volume (healthy appearance kept)."""
+def augment(x: torch.Tensor, gen) -> torch.Tensor:
+    """Left-right flips and a random intensity gain / gamma per volume (healthy appearance kept). `gen`: one
+    generator, or one per volume (the same draws for a sample whichever process trains on it)."""
+    gens = [gen] * len(x) if isinstance(gen, torch.Generator) else list(gen)
     out = []
-    for v in x:
+    for v, gen in zip(x, gens):
         if torch.rand((), generator=gen) < 0.5:
             v = v.flip(-3)
         gain = 1.0 + 0.1 * (2 * torch.rand((), generator=gen) - 1)
@@ -103,25 +114,29 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.stack(out)
 
 
+def overridable_keys(defaults: dict, config: str) -> set[str]:
+    """What `--set` may change for a volume autoencoder: its config's settings and the data options."""
+    check_config(config, ("cpu", "full"))
+    return set(defaults["common"]) | set(defaults[config]) | {"preprocessed", "max_cases", "steps", "exclude_above"}
+
+
 def train_volume_autoencoder(name: str, request: TrainRequest, network_module, defaults: dict) -> dict:
     """Train `network_module.build(**network)` on healthy volumes; save `<name>.pt` + model card."""
     from ..weights import save_state
 
+    check_overrides(request, overridable_keys(defaults, request.config))
     cfg = {**defaults["common"], **defaults[request.config]}
-    extra_keys = {"preprocessed", "max_cases", "steps", "exclude_above"}
-    unknown = sorted(set(request.overrides) - set(cfg) - extra_keys)
-    if unknown:
-        raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(set(cfg) | extra_keys)}")
     cfg.update({k: v for k, v in request.overrides.items() if k in cfg})
-    if request.config not in ("cpu", "full"):
-        raise ValueError(f"config: expected 'cpu' or 'full', received {request.config!r}")
     net_cfg = dict(cfg["network"])
     levels = network_module.levels(net_cfg)
     canvas = tuple(int(c) for c in cfg["canvas"])
     if any(c % (2 ** levels) for c in canvas):
-        raise ValueError(f"canvas: expected sizes divisible by {2 ** levels} ({levels} stride-2 levels), received {canvas}")
+        raise ValueError(f"canvas: expected sizes divisible by {2 ** levels} ({levels} stride-2 levels), "
+                         f"received {canvas}")
     progress = request.progress or (lambda f, m: log.info("[%s] %3.0f%% %s", name, 100 * f, m))
-    device = resolve_device(request.device)
+    world, device = distributed.init(resolve_device(request.device))
+    if not world.main:
+        progress = lambda f, m: None  # noqa: E731  (rank 0 alone reports)
     torch.manual_seed(request.seed)
     gen = torch.Generator().manual_seed(request.seed)
     t0 = time.perf_counter()
@@ -137,8 +152,9 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     val_idx, train_idx = perm[:n_val], perm[n_val:]
     load_s = time.perf_counter() - t0
 
-    net = network_module.build(**net_cfg).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
+    model = distributed.wrap(network_module.build(**net_cfg).to(device), world, device)
+    net = distributed.unwrap(model)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
     kind = "l1" if cfg["loss"] == "l1" else "mse"
     amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
@@ -152,20 +168,25 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     steps = 0
     for epoch in range(epochs):
         net.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen)]
+        order = train_idx[distributed.epoch_indices(len(train_idx), epoch, request.seed, world)]
         losses = []
+        stop = False
         for i in range(0, len(order), bs):
             idx = order[i:i + bs]
-            xb = augment(x[idx], gen).to(device)
+            xb = augment(x[idx], [distributed.sample_generator(request.seed, epoch, j) for j in idx.tolist()])
+            xb = xb.to(device)
+            total = distributed.all_sum(w[idx].sum(), world) / world.size if world.distributed else None
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                loss = weighted_loss(net(xb).float(), xb, w[idx].to(device), kind)
+                loss = weighted_loss(model(xb).float(), xb, w[idx].to(device), kind, total)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            losses.append(float(loss.detach()))
+            losses.append(distributed.all_mean(float(loss.detach()), world))  # the global batch's loss
             steps += 1
-            if time.perf_counter() - t1 > budget or (max_steps and steps >= max_steps):
+            stop = distributed.any_rank(time.perf_counter() - t1 > budget or bool(max_steps and steps >= max_steps),
+                                        world)  # every process stops at the same step
+            if stop:
                 break
         val = _evaluate(net, x[val_idx], w[val_idx], kind, device, amp)
         history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val})
@@ -174,13 +195,18 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
         elapsed = time.perf_counter() - t1
         progress(0.1 + 0.8 * min(1.0, max((epoch + 1) / epochs, elapsed / budget)),
                  f"epoch {epoch + 1}: train {np.mean(losses):.4f} val {val:.4f}")
-        if max_steps and steps >= max_steps:
-            break
-        if elapsed > budget:
-            log.info("%s: time budget of %.1f min reached after %d epochs", name, budget / 60, epoch + 1)
+        if stop or distributed.any_rank(elapsed > budget, world):
+            if elapsed > budget:
+                log.info("%s: time budget of %.1f min reached after %d epochs", name, budget / 60, epoch + 1)
             break
     train_s = time.perf_counter() - t1
     net.load_state_dict(best[1])
+    summary = {"epochs": len(history), "best_epoch": best[2], "best_val_loss": best[0],
+               "train_seconds": round(train_s, 1), "n_train": len(train_idx), "n_val": len(val_idx),
+               "world_size": world.size, "global_batch_size": bs * world.size}
+    if not world.main:  # rank 0 alone calibrates and writes
+        distributed.finish(world)
+        return {**summary, "weights": None, "rank": world.rank}
     progress(0.92, "calibrating thresholds on the healthy validation volumes")
     thresholds, means, cal_info = calibrate(net, x[val_idx], b[val_idx] & in_loss[val_idx], device,
                                             float(cfg["threshold_percentile"]), int(cfg["factor"]))
@@ -195,6 +221,8 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
         "loss": cfg["loss"], "exclude_above": exclude_above,
         "excluded_brain_fraction": dict(zip((Path(f).name for f in files), excluded)),
         "optimizer": "Adam", "lr": float(cfg["lr"]), "batch_size": bs,
+        "distributed": {"world_size": world.size, "backend": world.backend or None, "batch_size_per_process": bs,
+                        "global_batch_size": bs * world.size},
         "epochs_run": len(history), "steps": steps, "best_epoch": best[2], "best_val_loss": best[0],
         "history": history, "seconds": {"load": round(load_s, 1), "train": round(train_s, 1)},
         "data": {"sources": [str(s) for s in request.data], "n_train": len(train_idx), "n_val": len(val_idx),
@@ -206,8 +234,8 @@ def train_volume_autoencoder(name: str, request: TrainRequest, network_module, d
     }
     path = save_state(name, state, card, request.out_dir)
     progress(1.0, f"saved {path}")
-    return {"weights": str(path), "epochs": len(history), "best_epoch": best[2], "best_val_loss": best[0],
-            "train_seconds": round(train_s, 1), "n_train": len(train_idx), "n_val": len(val_idx)}
+    distributed.finish(world)
+    return {**summary, "weights": str(path)}
 
 
 @torch.no_grad()
@@ -226,8 +254,6 @@ def calibrate(net, x, b, device, percentile: float, factor: int = 1):
     """Default thresholds (the `percentile` of the in-brain map over the healthy validation volumes,
     for each calibrated combination of residual / filter / mean subtraction) and the healthy mean
     residual per residual mode (canvas space)."""
-    from ..detectors.recon_base import _threshold_key, canvas_filter_size
-
     net.eval()
     recons = [net(v[None].to(device)).float().cpu() for v in x]
     means = {}
@@ -240,30 +266,9 @@ def calibrate(net, x, b, device, percentile: float, factor: int = 1):
         for v, r, m in zip(x, recons, b):
             mp, _ = residual_map(v, r, m, mode, means[mode] if minus else None, filt, canvas_filter_size(size, factor))
             values.append(mp[m.reshape(mp.shape)].numpy())
-        key = _threshold_key({"residual": mode, "filter": filt, "filter_size": size, "subtract_healthy_mean": minus})
+        key = threshold_key({"residual": mode, "filter": filt, "filter_size": size, "subtract_healthy_mean": minus})
         thresholds[key] = float(np.percentile(np.concatenate(values), percentile))
     info = {"n_volumes": len(x), "percentile": percentile,
             "note": "healthy mean residual from the validation volumes themselves, so 'minus_mean' thresholds "
                     "are optimistic (in-sample)"}
     return thresholds, means, info
-
-
-def recalibrate(name: str, network_module, data: list, out_dir=None, device: str = "cpu") -> dict:
-    """Recompute the calibration of saved weights (thresholds, healthy means) on the validation cases
-    named in their model card, found in `data`; the network weights are kept as they are."""
-    from ..detectors import get_detector
-    from ..weights import load_state, save_state
-
-    state, card = load_state(name)
-    net, _ = get_detector(name).model(device)
-    x, b, files = load_healthy_volumes(TrainRequest([Path(d) for d in data]), card["modality"], card["canvas"],
-                                       card["factor"])
-    keep = [i for i, f in enumerate(files) if Path(f).name in set(card["data"]["val_cases"])]
-    if not keep:
-        raise ValueError(f"data: none of the validation cases {card['data']['val_cases']} found in {data}")
-    thresholds, means, info = calibrate(net, x[keep], b[keep], device, card["threshold_percentile"], card["factor"])
-    state = {k: v for k, v in state.items() if not k.startswith("extra.")}
-    state.update({f"extra.healthy_mean_{m}": v.half() for m, v in means.items()})
-    card.update(thresholds=thresholds, calibration=info)
-    save_state(name, state, card, out_dir)
-    return thresholds

@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..detectors.recon_base import Canvas
+from ..device import resolve_device
 from ..networks import strega as strega_net
-from . import TrainRequest, resolve_device
+from ..transforms.canvas import Canvas
+from . import TrainRequest, check_config, check_overrides
 from .data import healthy_cases
 from .recon_common import is_template_space
 
@@ -35,8 +36,7 @@ DEFAULTS = {
 
 
 def _augmenter(seed: int):
-    from monai.transforms import (Compose, RandAdjustContrast, RandAffine, RandBiasField, RandFlip,
-                                  RandGaussianNoise)
+    from monai.transforms import Compose, RandAdjustContrast, RandAffine, RandBiasField, RandFlip, RandGaussianNoise
 
     from ..augment import RandGhosting
 
@@ -87,19 +87,21 @@ def slices_of(request: TrainRequest, cfg: dict, progress):
         per_case.append(torch.cat(stack))
         names.append(Path(c[mod]).name)
     if len(per_case) < 2:
-        raise ValueError(f"data: expected at least 2 healthy {mod} cases (one for validation), received {len(per_case)}")
+        raise ValueError(f"data: expected at least 2 healthy {mod} cases (one for validation), "
+                         f"received {len(per_case)}")
     return per_case, names
+
+
+def overridable(config: str) -> set[str]:
+    check_config(config, ("cpu", "full"))
+    return set(DEFAULTS["common"]) | set(DEFAULTS[config]) | {"preprocessed", "max_cases", "steps"}
 
 
 def train(request: TrainRequest) -> dict:
     from ..weights import save_state
 
-    if request.config not in ("cpu", "full"):
-        raise ValueError(f"config: expected 'cpu' or 'full', received {request.config!r}")
+    check_overrides(request, overridable(request.config))
     cfg = {**DEFAULTS["common"], **DEFAULTS[request.config]}
-    unknown = sorted(set(request.overrides) - set(cfg) - {"preprocessed", "max_cases", "steps"})
-    if unknown:
-        raise ValueError(f"overrides: unknown setting(s) {unknown}: expected some of {sorted(cfg)}")
     cfg.update({k: v for k, v in request.overrides.items() if k in cfg})
     net_cfg = dict(cfg["network"])
     net_cfg["input_size"] = tuple(int(s) for s in cfg["canvas"][:2])

@@ -1,9 +1,9 @@
-"""One MONAI Label train task per learned detector; training happens in uad_label.training."""
+"""One MONAI Label train task per learned detector; training and its validation happen in uad_label.training."""
 from pathlib import Path
 
 from monailabel.interfaces.tasks.train import TrainTask
 
-from uad_label.training import TrainRequest, train
+from uad_label.training import request_from_params, train
 
 
 class DetectorTrain(TrainTask):
@@ -16,7 +16,7 @@ class DetectorTrain(TrainTask):
         return {"config": "cpu", "device": "auto"}
 
     def __call__(self, request, datastore):
-        source = Path(datastore.datastore_path)
-        overrides = {k: v for k, v in request.items() if k in ("epochs", "steps", "lr", "batch_size", "holdout", "threads")}
-        return train(self.name, TrainRequest([source], request.get("config", "cpu"), Path(self.out_dir),
-                                             request.get("device", "auto"), overrides))
+        # every option the CLI's --set accepts is passed on; the trainer refuses unknown ones.
+        # MONAI Label's LocalDatastore keeps its folder in `_datastore_path` (it has no public name for it)
+        source = Path(datastore._datastore_path)
+        return train(self.name, request_from_params(self.name, dict(request), [source], Path(self.out_dir)))

@@ -1,6 +1,7 @@
 """AnomalyReview's pure-Python library: everything the 3D Slicer module does apart from showing
 things. Imports with numpy alone (no Slicer, Qt, monailabel, SimpleITK or requests), so it is
-tested outside Slicer against the real server."""
+tested outside Slicer against the real server. The `slicer_*` modules are the module-side part
+(MRML calls, the Logic, the self-test): they import Slicer and are loaded by AnomalyReview.py only."""
 from .client import Client, InferResult, ModelInfo, ServerError, changed_params, coerce_param
 from .jobs import CANCELLED, DONE, FAILED, PENDING, RUNNING, Cancelled, Job, JobContext
 from .nifti import NiftiImage

@@ -281,8 +281,8 @@ class Client:
 
     def download_image(self, image: str, ctx: Optional[JobContext] = None) -> tuple[str, bytes]:
         """(file name, bytes) of a datastore image."""
-        _, headers, data = self.request("GET", "/datastore/image", {"image": image}, ctx=ctx, timeout=self.infer_timeout,
-                                        label="download")
+        _, headers, data = self.request("GET", "/datastore/image", {"image": image}, ctx=ctx,
+                                        timeout=self.infer_timeout, label="download")
         name = multipart._disposition_param(headers.get("content-disposition", ""), "filename") or f"{image}.nii.gz"
         name = urllib.parse.unquote(name.split("''", 1)[-1]) if "''" in name else name
         return os.path.basename(name), data
@@ -338,8 +338,8 @@ class Client:
             label = nifti.to_bytes(label, dtype="uint8")
         elif not isinstance(label, (bytes, bytearray)):
             label = Path(label).read_bytes()
-        body, ct = multipart.encode([("params", json.dumps(params or {})),
-                                     ("label", multipart.FilePart(f"{image}.nii.gz", bytes(label), "application/gzip"))])
+        part = multipart.FilePart(f"{image}.nii.gz", bytes(label), "application/gzip")
+        body, ct = multipart.encode([("params", json.dumps(params or {})), ("label", part)])
         return self._json("PUT", "/datastore/label", {"image": image, "tag": tag}, body, ct, ctx, self.infer_timeout,
                           label="save label")
 

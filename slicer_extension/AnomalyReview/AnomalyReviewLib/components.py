@@ -1,4 +1,6 @@
-"""Connected components, thresholding, findings and slice scores on numpy arrays (no scipy).
+"""Connected components and thresholding on numpy arrays (no scipy needed); the findings table, the
+size rule and the slice scores come from .findings, a copy of the server's uad_label/postprocess/findings.py
+(one source: the module's CMakeLists copies it at build time, a test keeps the two identical).
 
 Same semantics as the server (uad_label.postprocess.components): a voxel is flagged when its
 score is strictly above the threshold (inside the brain when a brain mask is given); components of
@@ -17,6 +19,11 @@ from itertools import product
 from typing import Callable, Optional
 
 import numpy as np
+
+from .findings import component_rows, keep_large, min_voxels, slice_centres, slice_scores, superior_axis
+
+__all__ = ["label", "label_numpy", "neighbour_offsets", "threshold_mask", "component_table", "slice_scores",
+           "slice_centres", "superior_axis"]
 
 USE_SCIPY = True  # use scipy.ndimage.label when importable (an accelerator; numpy is the reference)
 _NDI: list = []
@@ -125,11 +132,8 @@ def threshold_mask(score_map: np.ndarray, threshold: float, min_component_mm3: f
     if brain is not None:
         mask &= np.asarray(brain, bool)
     if min_component_mm3 > 0 and mask.any():
-        labels, n = label(mask, connectivity, use_scipy)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1) * voxel_volume_mm3
-        keep = sizes > min_component_mm3
-        keep[0] = False
-        mask = keep[labels]
+        labels, n = keep_large(*label(mask, connectivity, use_scipy), min_voxels(min_component_mm3, voxel_volume_mm3))
+        mask = labels > 0
     return mask
 
 
@@ -137,72 +141,5 @@ def component_table(mask: np.ndarray, score_map: np.ndarray, voxel_volume_mm3: f
                     index_to_ras: Optional[Callable[[np.ndarray], np.ndarray]] = None,
                     connectivity: int = 26, use_scipy: Optional[bool] = None) -> tuple[list[dict], np.ndarray]:
     """(rows, labels): one row per component of `mask`, largest maximum score first, and the
-    label array whose values are the rows' ids. Row keys as the server's JSON: id, voxels,
-    volume_ml, max_score, mean_score, centroid_index, centroid_ras, bbox_index, peak_index."""
-    raw, n = label(mask, connectivity, use_scipy)
-    if n == 0:
-        return [], raw
-    coords = np.nonzero(raw)
-    lab = raw[coords]
-    values = np.asarray(score_map)[coords].astype(np.float64)
-    counts = np.bincount(lab, minlength=n + 1)[1:]
-    sums = np.bincount(lab, weights=values, minlength=n + 1)[1:]
-    maxima = np.full(n + 1, -np.inf)
-    np.maximum.at(maxima, lab, values)
-    centres = np.stack([np.bincount(lab, weights=c, minlength=n + 1)[1:] for c in coords], axis=1) / counts[:, None]
-    lo = np.stack([_reduce(np.minimum, c, lab, n, np.iinfo(np.int64).max) for c in coords], axis=1)
-    hi = np.stack([_reduce(np.maximum, c, lab, n, -1) for c in coords], axis=1)
-    # the voxel holding each component's maximum: a stable identity across re-thresholds
-    order = np.lexsort((-values, lab))
-    first = order[np.searchsorted(lab[order], np.arange(1, n + 1))]
-    peaks = np.stack([c[first] for c in coords], axis=1)
-    ras = index_to_ras(centres) if index_to_ras is not None else np.full((n, 3), np.nan)
-    rows = []
-    for i in range(n):
-        rows.append({
-            "raw": i + 1,
-            "voxels": int(counts[i]),
-            "volume_ml": float(counts[i] * voxel_volume_mm3 / 1000.0),
-            "max_score": float(maxima[i + 1]),
-            "mean_score": float(sums[i] / counts[i]),
-            "centroid_ras": [round(float(c), 3) for c in ras[i]],
-            "centroid_index": [round(float(c), 3) for c in centres[i]],
-            "bbox_index": [lo[i].tolist(), hi[i].tolist()],
-            "peak_index": [int(p) for p in peaks[i]],
-        })
-    rows.sort(key=lambda r: (-r["max_score"], -r["voxels"]))
-    relabel = np.zeros(n + 1, np.int32)
-    for k, r in enumerate(rows, start=1):
-        relabel[r.pop("raw")] = k
-    return [{"id": k, **r} for k, r in enumerate(rows, start=1)], relabel[raw]
-
-
-def _reduce(ufunc, values: np.ndarray, labels: np.ndarray, n: int, init) -> np.ndarray:
-    out = np.full(n + 1, init, np.int64)
-    ufunc.at(out, labels, values.astype(np.int64))
-    return out[1:]
-
-
-def slice_scores(score_map: np.ndarray, mask: np.ndarray, brain: np.ndarray, axis: int) -> np.ndarray:
-    """Per-slice anomaly score of Oliinyk et al.: the thresholded map summed over the slice,
-    divided by the number of non-anomalous (brain, not flagged) voxels of that slice."""
-    thresholded = np.where(mask, score_map, 0.0).astype(np.float64)
-    other = tuple(a for a in range(3) if a != axis)
-    total = thresholded.sum(axis=other)
-    normal = np.logical_and(brain, ~np.asarray(mask, bool)).sum(axis=other)
-    return np.where(normal > 0, total / np.maximum(normal, 1), 0.0)
-
-
-def superior_axis(affine: np.ndarray) -> int:
-    """The voxel axis closest to inferior-superior (the axis axial slices are taken along)."""
-    m = np.asarray(affine)[:3, :3]
-    return int(np.argmax(np.abs(m[2, :]) / np.maximum(np.sqrt((m ** 2).sum(axis=0)), 1e-12)))
-
-
-def slice_centres(shape, axis: int) -> np.ndarray:
-    """(n, 3) voxel indices of the centre of every slice along `axis`."""
-    size = np.asarray(shape[:3], np.float64)
-    centres = np.zeros((int(size[axis]), 3))
-    centres[:] = (size - 1) / 2.0
-    centres[:, axis] = np.arange(size[axis])
-    return centres
+    label array whose values are the rows' ids (rows as the server's JSON; see findings.component_rows)."""
+    return component_rows(*label(mask, connectivity, use_scipy), score_map, voxel_volume_mm3, index_to_ras)

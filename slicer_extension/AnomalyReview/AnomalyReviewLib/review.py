@@ -110,6 +110,27 @@ class Review:
         f["state"] = state
         return f
 
+    def decisions(self) -> list:
+        """The decisions as JSON-able [[i, j, k], state] pairs (the Slicer module keeps them in its
+        parameter node, so a saved scene restores the review)."""
+        return [[list(peak), state] for peak, state in self._decisions]
+
+    def restore_decisions(self, decisions) -> list[dict]:
+        """Put back decisions saved by `decisions()`; findings take their states again."""
+        out = []
+        for item in decisions or []:
+            peak, state = item
+            if state not in (ACCEPTED, REJECTED):
+                raise ValueError(f"decision state: expected {ACCEPTED!r} or {REJECTED!r}, received {state!r}")
+            peak = tuple(int(x) for x in peak)
+            if len(peak) != 3 or not all(0 <= a < n for a, n in zip(peak, self.labels.shape)):
+                raise ValueError(f"decision voxel: expected an (i, j, k) index inside {self.labels.shape}, "
+                                 f"received {item[0]!r}")
+            out.append((peak, state))
+        self._decisions = out
+        self._refresh_states()
+        return self.findings
+
     def accept(self, finding_id: int) -> dict:
         return self.decide(finding_id, ACCEPTED)
 
