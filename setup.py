@@ -29,7 +29,7 @@ setup(
     package_data={"uad_label": ["assets/*", "assets/**/*"]},
     include_package_data=True,
     install_requires=_requirements("base.txt"),
-    extras_require={"dev": _requirements("dev.txt"), "samseg": _requirements("samseg.txt"),
-                    "ray": _requirements("ray.txt")},
+    # SAMSEG is no extra: it needs TensorFlow, which must not sit next to the server (scripts/samseg_env.sh)
+    extras_require={"dev": _requirements("dev.txt"), "ray": _requirements("ray.txt")},
     entry_points={"console_scripts": ["uad=uad_label.cli.main:main"]},
 )

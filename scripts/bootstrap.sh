@@ -19,11 +19,11 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
   # The constraints file keeps torch on the CPU build: monailabel would otherwise pull a CUDA torch.
   .venv/bin/python -m pip install -q -c requirements/constraints.txt -r requirements/dev.txt
-  # optional extra `samseg` (FreeSurfer SAMSEG + CPU TensorFlow) so the tests run the samseg detector
-  .venv/bin/python -m pip install -q -c requirements/constraints.txt -r requirements/samseg.txt
   # optional extra `ray` so the tests run `uad batch --engine ray` on a local cluster
   .venv/bin/python -m pip install -q -c requirements/constraints.txt -r requirements/ray.txt
   .venv/bin/python -m pip install -q -c requirements/constraints.txt --no-deps --no-build-isolation -e .
   echo "$WANT" > "$STAMP"
 fi
 .venv/bin/python -c "import torch, monai, monailabel; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+# SAMSEG (+ TensorFlow) in its own environment, so the tests run the samseg detector; UAD_NO_SAMSEG=1 skips it
+[ -n "${UAD_NO_SAMSEG:-}" ] || bash scripts/samseg_env.sh

@@ -155,8 +155,37 @@ class QtObject(Fake):
             if sender_signal == "mrmlSceneChanged(vtkMRMLScene*)":
                 receiver.setMRMLScene(scene)
 
-    def _m_currentNode(self):
-        return self.props.get("node")
+    def _m_currentNode(self):  # a node removed from the scene is no longer current (Slicer: None)
+        node, scene = self.props.get("node"), self.props.get("scene")
+        return node if node is None or scene is None or scene.IsNodePresent(node) else None
+
+    def _m_addAttribute(self, node_type, name, value=None):
+        self.props.setdefault("attributes", []).append((node_type, name, value))
+
+    def _listed(self):
+        """The nodes a qMRMLNodeComboBox lists: of `nodeTypes` (only those exact classes when
+        showChildNodeTypes is false), with every attribute filter (a None value: any value), not hidden."""
+        scene = self.props.get("scene")
+        if scene is None:
+            return []
+        types = self.props.get("nodeTypes") or []
+        child = self.props.get("showChildNodeTypes", True)
+        hidden = set(self.model.props.get("hiddenNodeIDs") or []) if self.model is not None else set()
+        out = []
+        for n in scene.nodes.values():
+            if not any(n.GetClassName() == t if not child else n.IsA(t) for t in types) or n.GetID() in hidden:
+                continue
+            if all(not n.IsA(t) or (n.GetAttribute(a) is not None if v is None else n.GetAttribute(a) == v)
+                   for t, a, v in self.props.get("attributes", [])):
+                out.append(n)
+        return out
+
+    def _m_nodeCount(self):
+        return len(self._listed())
+
+    def _m_nodeFromIndex(self, i):
+        listed = self._listed()
+        return listed[i] if 0 <= i < len(listed) else None
 
     def _m_setCurrentNode(self, node):
         self.props["node"] = node

@@ -102,3 +102,30 @@ def test_parameters_are_validated_once(monkeypatch):
     assert len(calls) == 1
     with pytest.raises(ValueError, match="unknown parameter"):
         det.validate({"thresold": 0.5})
+
+
+def test_server_task_takes_the_routes_validated_parameters(monkeypatch, tmp_path):
+    """The ASGI route validates once and the parameters ride along in the request (through MONAI Label's
+    deep copies); the infer task and the detector do not validate them again."""
+    import copy
+
+    from phantoms import brain_phantom
+
+    from uad_label.detectors import get_detector
+    from uad_label.server import tasks
+
+    img, _ = brain_phantom()
+    path = tmp_path / "scan.nii.gz"
+    sitk.WriteImage(img, str(path))
+    validated, _ = tasks.split_request("flair_threshold", {"preprocessed": True, "threshold": 0.9})
+    request = copy.deepcopy({"model": "flair_threshold", "image": str(path), "preprocessed": True,
+                             "threshold": 0.9, tasks.VALIDATED: validated})
+    other = copy.deepcopy(request)
+    other[tasks.VALIDATED] = get_detector("ppr").validate({})
+    calls = []
+    monkeypatch.setattr("uad_label.detectors.base.validate", lambda *a, **k: calls.append(a))
+    _, info = tasks.run_infer_request("flair_threshold", request)
+    assert calls == [] and info["threshold"] == 0.9 and info["threshold_source"] == "request"
+    with pytest.raises(TypeError):  # parameters of another detector are validated anew (here: the stub)
+        tasks.run_infer_request("flair_threshold", other)
+    assert len(calls) == 1

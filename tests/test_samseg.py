@@ -4,6 +4,7 @@ bad input, and the registry listing it only when samseg is installed."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import tempfile
@@ -22,8 +23,8 @@ MODS = ("FLAIR", "T1", "T2")
 # cores; the atlas registration and the VAE sweeps cost the same at any resolution
 FAST = {"preprocessed": True, "max_iterations": 3, "deformation_iterations": 3, "samples": 3, "burnin": 2,
         "threads": 2}
-_skip = pytest.mark.skipif(not samseg_available(), reason="optional extra samseg not installed "
-                           "(pip install 'uad-label[samseg]')")
+_skip = pytest.mark.skipif(not samseg_available(), reason="no SAMSEG environment "
+                           "(bash scripts/samseg_env.sh)")
 
 
 def needs_samseg(test):
@@ -207,13 +208,21 @@ def test_server_lists_samseg_only_when_it_imports(monkeypatch, reload_registry, 
         assert "tensorflow" not in sys.modules
 
 
-@pytest.mark.skipif(not samseg_available(), reason="TensorFlow comes with the optional extra samseg")
-def test_installed_tensorflow_stays_out_of_uad_processes():
-    """MONAI imports torch.utils.tensorboard, which loads an installed TensorFlow unless tensorboard's
-    no-TensorFlow switch is set; `import uad_label` sets it (the server, the CLI and batch import it first)."""
+@_skip
+def test_tensorflow_lives_in_samseg_environment_only():
+    """TensorFlow next to the server is loaded by MONAI Label (torch.utils.tensorboard) and Triton imported
+    after it crashes the process: SAMSEG's interpreter has it, the server's does not, and the server's
+    process imports MONAI Label's tensorboard path and then Triton without crashing."""
     import subprocess
 
-    code = ("import sys, uad_label, monai, numpy; from uad_label.detectors import get_detector; "
-            "get_detector('samseg'); print('tensorflow' in sys.modules, numpy.__version__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out[0] == "False" and int(out[1].split(".")[0]) < 2
+    from uad_label.detectors.samseg_runner import samseg_python
+
+    assert samseg_python() != sys.executable
+    assert importlib.util.find_spec("tensorflow") is None
+    code = ("import sys, numpy, torch.utils.tensorboard, monailabel.interfaces.app, uad_label;"
+            "from uad_label.detectors import get_detector; get_detector('samseg');"
+            "import triton; print('tensorflow' in sys.modules, numpy.__version__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    flag, numpy_version = out.stdout.split()
+    assert flag == "False" and int(numpy_version.split(".")[0]) < 2

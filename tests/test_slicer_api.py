@@ -52,6 +52,12 @@ MUTATIONS = [  # (file, text in the module, misspelling, what the check must rep
      "parameter node field 'threshhold'"),
     ("AnomalyReviewLib/slicer_scene.py", "slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter",
      "slicer.vtkMRMLPlotSeriesNode.PlotTypeScater", "vtkMRMLPlotSeriesNode has no PlotTypeScater"),
+    ("AnomalyReview.py", '(u.extraMapSelector, "currentNodeChanged(vtkMRMLNode*)"',
+     '(u.extraMapSelector, "currentIndexChanged(int)"',
+     "ui.extraMapSelector (qMRMLNodeComboBox) has no signal currentIndexChanged(int)"),
+    ("AnomalyReview.py", "u.extraMapSelector.enabled", "u.extraMapSelectr.enabled", "ui.extraMapSelectr: no such widget"),
+    ("AnomalyReviewLib/slicer_logic.py", "self.getParameterNode().extraMap = node if name",
+     "self.getParameterNode().extraMaps = node if name", "parameter node field 'extraMaps'"),
     ("AnomalyReviewLib/slicer_scene.py", "slicer.util.setSliceViewerLayers(foregroundOpacity",
      "slicer.util.setSliceViewerLayer(foregroundOpacity", "slicer.util.setSliceViewerLayer: not in the record"),
 ]
@@ -74,7 +80,15 @@ def test_checker_catches_ui_file_errors(tmp_path):
     for original, mutated, reported in [
             ("<string>serverUrl</string>", "<string>serverURL</string>", "SlicerParameterName 'serverURL'"),
             ('name="showChildNodeTypes"', 'name="showChildNodeType"', "has no property showChildNodeType"),
-            ("setMRMLScene(vtkMRMLScene*)</slot>", "setScene(vtkMRMLScene*)</slot>", "no such slot")]:
+            ("setMRMLScene(vtkMRMLScene*)</slot>", "setScene(vtkMRMLScene*)</slot>", "no such slot"),
+            # the extra-map selector bound to a str field: Slicer's node-combo connector takes node fields only
+            ("<string>extraMap</string>", "<string>imageId</string>",
+             "qMRMLNodeComboBox cannot be bound to a field of type str"),
+            # a plain QComboBox bound to a str: Slicer's connector needs a Choice annotation (connectGui raises)
+            ('<widget class="QComboBox" name="datastoreCombo"/>',
+             '<widget class="QComboBox" name="datastoreCombo"><property name="SlicerParameterName" stdset="0">'
+             '<string>imageId</string></property></widget>', "QComboBox cannot be bound to a field of type str"),
+            ('name="noneDisplay"', 'name="noneText"', "has no property noneText")]:
         assert original in text
         ui.write_text(text.replace(original, mutated, 1), encoding="utf-8")
         assert any(reported in p for p in check_module(copy)), reported

@@ -69,7 +69,7 @@ def test_module_in_slicers_shape_on_the_fakes(monkeypatch):
     ui = (MODULE_DIR / "Resources" / "UI" / "AnomalyReview.ui").read_text(encoding="utf-8")
     bound = set(w._gui_tag.values())
     assert bound == {"serverUrl", "flairVolume", "t1Volume", "t2Volume", "useDatastore", "viaSession",
-                     "hideBelowThreshold", "autoRun"} and all(f"<string>{b}</string>" in ui for b in bound)
+                     "hideBelowThreshold", "autoRun", "extraMap"} and all(f"<string>{b}</string>" in ui for b in bound)
     assert set(bound) <= set(mod.AnomalyReviewParameterNode.fields)
     assert f.scene.GetNodesByClass("vtkMRMLScriptedModuleNode")  # the parameter node is in the scene
     for test in ("test_widget_review", "test_scene_close", "runTest"):

@@ -222,3 +222,17 @@ def find_cases(root: str | os.PathLike, require_gt: bool = False) -> list[Case]:
         if missing:
             raise ValueError(f"data: cases without a ground truth (GT) file: {missing}")
     return sorted(cases, key=lambda c: c.case_id)
+
+
+def final_label(root: str | os.PathLike, case_id: str, images: dict[str, Path]) -> Path | None:
+    """The approved label of a case in a MONAI Label datastore at `root` (labels/final/<image id>.*, where the
+    image id is the file name of one of the case's images without its extension, or the case id), or None."""
+    final = Path(root) / "labels" / "final"
+    if not final.is_dir():
+        return None
+    stems = [Path(p).name for p in images.values()] + [case_id]
+    for f in _image_files(final):
+        stem = _stem(f.name)
+        if any(s == stem or s.startswith(stem + ".") for s in stems):
+            return f
+    return None

@@ -78,7 +78,8 @@ def main() -> int:
     env = out["environment"]
     md = [f"# Evaluation speed ({env['date']})", "",
           f"Machine: {env['cpus']} CPUs ({env['processor']}), load average {env['load_average_1min']:.1f} at start; "
-          f"Python {env['python']}, numpy {env['numpy']}, numba {env.get('numba')}, scikit-learn {env.get('sklearn')}.", "",
+          f"Python {env['python']}, numpy {env['numpy']}, numba {env.get('numba')}, "
+          f"scikit-learn {env.get('sklearn')}.", "",
           "| step | seconds |", "|---|---|",
           f"| detection (load, reorient, equalise, findings) | {out['detect_s']:.2f} |",
           f"| metrics (100-threshold filtered Dice, AUPRC, AUROC) | {out['metrics_s']:.2f} |",

@@ -49,6 +49,7 @@ def run_setting(case: Path, name: str, threads: int) -> dict:
     res = evaluate_maps([score], [gt]).result()
     info = result.info["samseg"]
     return {"params": params, "seconds": round(seconds, 1), "samseg_seconds": info["seconds"],
+            "samseg_cpu_seconds": info["cpu_seconds"],
             "stages_s": info["stages_s"], "max_rss_mb": info["max_rss_mb"],
             "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
             "dsc_upper": round(res["dsc_upper"], 4), "auprc": round(res["auprc"], 4), "auroc": round(res["auroc"], 4),
@@ -58,13 +59,15 @@ def run_setting(case: Path, name: str, threads: int) -> dict:
 
 
 def write_markdown(results: dict, path: Path) -> None:
-    rows = ["| setting | params | wall s | stages (s) | peak MB | load before/after | upper Dice | AUPRC | AUROC | "
-            "Dice@0.3 | Dice@0.5 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| setting | params | wall s | CPU s | stages (s) | peak MB | load before/after | upper Dice | AUPRC | "
+            "AUROC | Dice@0.3 | Dice@0.5 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         extra = {k: v for k, v in r["params"].items() if k not in ("preprocessed",)}
         stages = ", ".join(f"{k.split(':')[0].split(' (')[0]} {v}" for k, v in r["stages_s"].items() if v >= 1)
         load = r["load_average_1min"]
-        rows.append(f"| {name} | {json.dumps(extra)} | {r['seconds']:.0f} | {stages} | {r['max_rss_mb']} | "
+        cpu = r.get("samseg_cpu_seconds")  # not recorded by the first runs
+        rows.append(f"| {name} | {json.dumps(extra)} | {r['seconds']:.0f} | {'-' if cpu is None else round(cpu)} | "
+                    f"{stages} | {r['max_rss_mb']} | "
                     f"{load['before']} / {load['after']} | {r['dsc_upper']:.3f} | {r['auprc']:.3f} | "
                     f"{r['auroc']:.3f} | "
                     f"{r['dice_at_0.3']:.3f} | {r['dice_at_0.5']:.3f} |")

@@ -60,6 +60,7 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ui_widget.setMRMLScene(slicer.mrmlScene)
         self.logic = AnomalyReviewLogic()
         self.inputs = {"FLAIR": self.ui.flairSelector, "T1": self.ui.t1Selector, "T2": self.ui.t2Selector}
+        scene.list_only_extra_maps(self.ui.extraMapSelector)
         self.timer = qt.QTimer()
         self.timer.setInterval(self.POLL_MS)
         self.timer.connect("timeout()", self.poll)
@@ -81,6 +82,7 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 (u.hideBelowCheck, "toggled(bool)", self.logic.set_hide_below_threshold),
                 (u.windowRange, "valuesChanged(double,double)", self.logic.set_window),
                 (u.colorCombo, "currentNodeChanged(vtkMRMLNode*)", self.on_colors),
+                (u.extraMapSelector, "currentNodeChanged(vtkMRMLNode*)", self.on_extra_map),
                 (u.findingsTable, "cellClicked(int,int)", self.on_finding_clicked),
                 (u.acceptButton, "clicked()", lambda: self.on_decide(ACCEPTED)),
                 (u.rejectButton, "clicked()", lambda: self.on_decide(REJECTED)),
@@ -112,6 +114,7 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.on_scene_close()
         self._chart_view = None
         self.ui.findingsTable.setRowCount(0)
+        self.ui.resultInfoLabel.text = ""
         self.ui.statusLabel.text = "Scene closed: the review ended"
         self.update_buttons()
 
@@ -191,6 +194,7 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for w in (u.acceptButton, u.rejectButton, u.undecideButton, u.chartButton, u.thresholdSlider,
                   u.minSizeSlider, u.resetThresholdButton):
             w.enabled = has_review
+        u.extraMapSelector.enabled = has_case and bool(self.logic.extra_nodes)
 
     # -- server
     def on_connect(self):
@@ -285,6 +289,8 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         review = self.logic.case.review
         for combo in self.inputs.values():  # the module's own outputs are no inputs
             scene.hide_from_selector(combo, self.logic.output_node_ids())
+        self.ui.resultInfoLabel.text = display.result_summary(self.logic.case.result.info)
+        self.ui.extraMapSelector.setCurrentNode(self.logic.getParameterNode().extraMap)
         if review is None:
             self.ui.findingsTable.setRowCount(0)
             self.ui.countsLabel.text = "Segmentation result: edit it in the Segment Editor, then save"
@@ -315,6 +321,12 @@ class AnomalyReviewWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if review is not None:
             self.ui.thresholdSlider.value = review.default_threshold
             self.ui.minSizeSlider.value = review.default_min_component_mm3
+
+    def on_extra_map(self, node):
+        """The extra-map selector: show that map as the coloured layer (none: the main map); the threshold
+        and the findings stay on the main map."""
+        if self.logic.has_case():
+            self.logic.show_extra(node.GetAttribute(display.EXTRA_ATTRIBUTE) if node is not None else None)
 
     def on_colors(self, node):
         if node is not None:

@@ -6,6 +6,8 @@ Walks the syntax tree of the module-side files and reports:
 - Qt signal strings (`"name(args)"`) that no recorded class emits, and, for widgets of the .ui file,
   signals, methods and properties their own class lacks;
 - parameter-node fields that the @parameterNodeWrapper class does not declare;
+- .ui widgets bound (SlicerParameterName) to a field of a type no GUI connector of Slicer joins to that
+  widget class (e.g. a QComboBox to a plain str: Slicer's connector needs a Choice annotation);
 and checks the .ui file (widget classes, properties, SlicerParameterName bindings, connections).
 No Slicer needed: this is how the module is tested against Slicer's real API on a machine without it.
 """
@@ -72,6 +74,32 @@ def parameter_fields(tree: ast.AST) -> set:
                 (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") for d in node.decorator_list):
             out |= {s.target.id for s in node.body if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)}
     return out
+
+
+def parameter_field_types(tree: ast.AST) -> dict:
+    """Field -> annotation source text, for every class decorated with @parameterNodeWrapper."""
+    out = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and any(
+                (isinstance(d, ast.Name) and d.id == "parameterNodeWrapper") for d in node.decorator_list):
+            out.update({s.target.id: ast.unparse(s.annotation) for s in node.body
+                        if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)})
+    return out
+
+
+def binding_problem(record: Record, widget_class: str, annotation: str):
+    """Why Slicer's GUI connectors cannot join a widget of `widget_class` to a field annotated `annotation`
+    (None when one can)."""
+    connectors = record.data["scripted_module"]["parameterNodeWrapper"]["gui_connectors"]
+    rule = connectors.get(widget_class)
+    if rule is None:
+        return f"no GUI connector of Slicer takes a {widget_class}"
+    if any(marker in annotation for marker in rule.get("needs_annotation", [])):
+        return None
+    base = annotation.split("[", 1)[1].split(",")[0].strip() if annotation.startswith("Annotated[") else annotation
+    if base in rule.get("types", []) or ("node" in rule.get("types", []) and base.startswith("vtkMRML")):
+        return None
+    return f"{widget_class} cannot be bound to a field of type {annotation} ({rule['why']})"
 
 
 def _chain(node):
@@ -222,7 +250,7 @@ def check_source(source: str, record: Record, widgets: dict, fields: set, filena
     return problems
 
 
-def check_ui(ui_path, record: Record, fields: set) -> list:
+def check_ui(ui_path, record: Record, fields: set, field_types: dict | None = None) -> list:
     problems = []
     root = ET.parse(ui_path).getroot()
     allowed = set(record.data["ui_widget_classes"])
@@ -240,6 +268,10 @@ def check_ui(ui_path, record: Record, fields: set) -> list:
                     problems.append(f"{ui_path}: {name}: dynamic property {p.get('name')} is not used by Slicer")
                 elif value not in fields:
                     problems.append(f"{ui_path}: {name}: SlicerParameterName {value!r} is no parameter node field")
+                elif field_types and value in field_types:
+                    why = binding_problem(record, cls, field_types[value])
+                    if why:
+                        problems.append(f"{ui_path}: {name}: SlicerParameterName {value!r}: {why}")
             elif p.get("name") not in record.members(cls, ("properties",)):
                 problems.append(f"{ui_path}: {name}: {cls} has no property {p.get('name')}")
     for c in root.iter("connection"):
@@ -259,12 +291,13 @@ def check_module(module_dir, record: Record | None = None, sources: dict | None 
     side = sorted(f"AnomalyReviewLib/{p.name}" for p in (module_dir / "AnomalyReviewLib").glob("slicer_*.py"))
     files = ["AnomalyReview.py"] + side
     texts = {f: (sources or {}).get(f) or (module_dir / f).read_text(encoding="utf-8") for f in files}
-    fields = set()
+    fields, field_types = set(), {}
     for text in texts.values():
         fields |= parameter_fields(ast.parse(text))
+        field_types.update(parameter_field_types(ast.parse(text)))
     ui = module_dir / "Resources" / "UI" / "AnomalyReview.ui"
     widgets = ui_widgets(ui)
-    problems = check_ui(ui, record, fields)
+    problems = check_ui(ui, record, fields, field_types)
     for f, text in texts.items():
         problems += check_source(text, record, widgets, fields, f)
     return problems

@@ -9,12 +9,16 @@ import sys
 
 # subcommand -> module; the module's HELP/EPILOG are read lazily from this table too
 COMMANDS: dict[str, tuple[str, str]] = {
-    "sample-data": ("uad_label.cli.cmd_sample_data", "build the deterministic demo datastore (synthetic brains, some with lesions)"),
+    "sample-data": ("uad_label.cli.cmd_sample_data",
+                    "build the deterministic demo datastore (synthetic brains, some with lesions)"),
     "serve": ("uad_label.cli.cmd_serve", "start the MONAI Label server on a studies folder"),
     "detect": ("uad_label.cli.cmd_detect", "run a detector on one case locally, without a server"),
-    "evaluate": ("uad_label.cli.cmd_evaluate", "evaluate a detector on a folder of cases with ground truth (Meissen et al. protocol)"),
-    "batch": ("uad_label.cli.cmd_batch", "run a detector over every case of a folder: maps, masks, reports, summary CSV, overview"),
-    "train": ("uad_label.cli.cmd_train", "train a learned detector on healthy data (demo CPU or full GPU configuration)"),
+    "evaluate": ("uad_label.cli.cmd_evaluate",
+                 "evaluate a detector on a folder of cases with ground truth (Meissen et al. protocol)"),
+    "batch": ("uad_label.cli.cmd_batch",
+              "run a detector over every case of a folder: maps, masks, reports, summary CSV, overview"),
+    "train": ("uad_label.cli.cmd_train",
+              "train a learned detector on healthy data (demo CPU or full GPU configuration)"),
     "calibrate": ("uad_label.cli.cmd_calibrate", "default threshold and fusion weights from approved labels"),
     "bench": ("uad_label.cli.cmd_bench", "run benchmarks (kernels, preprocessing, evaluation)"),
 }

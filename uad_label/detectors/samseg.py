@@ -63,7 +63,8 @@ class Samseg(Detector):
 
     def compute_map(self, case, params, progress):
         if not samseg_available():
-            raise RuntimeError("samseg: the optional extra is not installed (pip install 'uad-label[samseg]')")
+            raise RuntimeError("samseg: no SAMSEG environment found (run `bash scripts/samseg_env.sh`, or set "
+                               "UAD_SAMSEG_PYTHON to a Python with samseg and tensorflow)")
         mods = [m for m in INPUT_ORDER if m in case.arrays]
         patterns = [params[f"lesion_mask_{m.lower()}"] for m in mods]
         threads = params["threads"] or os.cpu_count() or 1
@@ -88,7 +89,8 @@ class Samseg(Detector):
             raise RuntimeError(f"samseg: lesion posterior has shape {posterior.shape}, work grid {case.shape}")
         info = {"samseg": {
             "inputs": mods, "lesion_mask_pattern": dict(zip(mods, patterns)), "threads": threads,
-            "seconds": round(out["seconds"], 1), "stages_s": out["stages_s"], "max_rss_mb": round(out["max_rss_mb"]),
+            "seconds": round(out["seconds"], 1), "cpu_seconds": round(out["cpu_seconds"], 1),
+            "stages_s": out["stages_s"], "max_rss_mb": round(out["max_rss_mb"]),
             "intracranial_ml": round(out["intracranial_mm3"] / 1000.0, 2),
             "lesion_ml": round(_volume(out, LESION_STRUCTURE) / 1000.0, 3),
             # SAMSEG's own soft volumes (sum of posteriors) per structure, for the reviewer

@@ -9,6 +9,7 @@ imports the standard library and samseg: it never imports uad_label.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -26,10 +27,33 @@ PROGRESS_PREFIX = "@@uad "  # lines the child prints for the parent: "@@uad FRAC
 LESION_STRUCTURE = "Lesions"  # the structure createLesionAtlas adds to SAMSEG's atlas
 
 
+ENV_PYTHON = "UAD_SAMSEG_PYTHON"
+# SAMSEG's own environment, made by scripts/samseg_env.sh: TensorFlow must not be installed where the server
+# runs (MONAI Label loads an installed TensorFlow through torch.utils.tensorboard, and Triton imported after
+# it crashes the process), so SAMSEG and TensorFlow live in a separate virtual environment.
+PROJECT_ENV = Path(__file__).resolve().parents[2] / ".venv-samseg" / "bin" / "python"
+_PROBE = ("import importlib.util as u, sys; "
+          "sys.exit(0 if all(u.find_spec(n) for n in ('samseg', 'tensorflow')) else 1)")
+
+
+def samseg_python() -> str:
+    """The interpreter that runs SAMSEG: $UAD_SAMSEG_PYTHON, else the project's .venv-samseg, else this one."""
+    return os.environ.get(ENV_PYTHON) or (str(PROJECT_ENV) if PROJECT_ENV.exists() else sys.executable)
+
+
+@functools.lru_cache(maxsize=4)
+def _has_samseg(python: str) -> bool:
+    if python == sys.executable:  # looked up without importing: TensorFlow costs seconds and memory
+        return all(importlib.util.find_spec(name) is not None for name in ("samseg", "tensorflow"))
+    try:
+        return subprocess.run([python, "-c", _PROBE], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
 def samseg_available() -> bool:
-    """samseg and TensorFlow are installed (found without importing either: importing TensorFlow
-    costs seconds and memory that the server process should not pay)."""
-    return all(importlib.util.find_spec(name) is not None for name in ("samseg", "tensorflow"))
+    """samseg and TensorFlow are installed in SAMSEG's interpreter (samseg_python())."""
+    return _has_samseg(samseg_python())
 
 
 class SamsegError(RuntimeError):
@@ -42,7 +66,7 @@ def run_samseg(images: list[tuple[str, Path]], patterns: list[int], work_dir: Pa
                log: Callable[[str], None] | None = None) -> dict:
     """Run SAMSEG's lesion model on co-registered images (same voxel grid; the first one defines
     the output grid) in a child process; returns {"posterior": path of the lesion posterior (.mgz, on
-    the first image's grid), "names", "volumes_mm3", "intracranial_mm3", "seconds", "max_rss_mb",
+    the first image's grid), "names", "volumes_mm3", "intracranial_mm3", "seconds", "cpu_seconds", "max_rss_mb",
     "stages_s" (seconds per stage)}. max_iterations (per resolution level) and deformation_iterations
     (per EM iteration) bound SAMSEG's model fit; 100 and 20 are SAMSEG's defaults.
 
@@ -63,7 +87,7 @@ def run_samseg(images: list[tuple[str, Path]], patterns: list[int], work_dir: Pa
                 "MKL_NUM_THREADS": n, "TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": "1",
                 "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""})
     # -P: the script's folder (uad_label/detectors, which holds samseg.py) must not shadow the samseg package
-    cmd = [sys.executable, "-P", "-u", str(Path(__file__).resolve()), str(job_file)]
+    cmd = [samseg_python(), "-P", "-u", str(Path(__file__).resolve()), str(job_file)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             text=True, errors="replace", env=env, start_new_session=True)
     lines: queue.Queue = queue.Queue()
@@ -212,10 +236,12 @@ def _child_main(job_file: str) -> int:
                       numberOfSamplingSteps=job["samples"], randomSeed=job["seed"], sampler=job["shape_model"])
     _, names, volumes, _ = model.segment(costfile=str(out / "cost.txt"), timer=Timer())
     volumes = [float(v) for v in volumes]
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     result = {"names": list(names), "volumes_mm3": volumes, "intracranial_mm3": float(icv(zip(names, volumes))),
               "seconds": time.perf_counter() - t0,
-              # Linux reports kilobytes
-              "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+              # CPU time: the measure that a shared machine's load does not inflate
+              "cpu_seconds": usage.ru_utime + usage.ru_stime,
+              "max_rss_mb": usage.ru_maxrss / 1024.0}  # Linux reports kilobytes
     (out / "uad_result.json").write_text(json.dumps(result))
     _mark(1.0, "SAMSEG done")
     return 0

@@ -59,13 +59,12 @@ class CaseData:
 
 def labelled_cases(data: str | Path) -> list[dict]:
     """{"id", "images", "label", "kind"} of every case under `data` with a final label or a ground truth."""
-    from ..cases import find_cases
-    from ..training.patchddm import _final_label  # the datastore's label naming, as the segmenter's fine-tuning
+    from ..cases import final_label, find_cases
 
     root = Path(data)
     out = []
     for case in find_cases(root):
-        label = _final_label(root, case.case_id, case.images)
+        label = final_label(root, case.case_id, case.images)
         if label is not None:
             out.append({"id": case.case_id, "images": case.images, "label": label, "kind": "final label"})
         elif case.gt is not None:

@@ -34,7 +34,7 @@ from monailabel.interfaces.utils.app import app_instance
 from ..errors import InputError
 from ..weights import UntrainedError
 from .responses import error_response, infer_response, public_message
-from .tasks import split_request
+from .tasks import VALIDATED, split_request
 from .uploads import (
     UPLOAD_SUFFIXES,
     UploadLimit,
@@ -116,10 +116,11 @@ async def infer(
     if output is not None and output not in OUTPUTS:
         raise InputError(f"output: expected one of {list(OUTPUTS)}, received {output!r}")
     p = _params_object(params)
-    split_request(model, p)
+    validated, _ = split_request(model, p)  # refused here, before anything is spooled or queued
     if label is not None:
         raise InputError("label: anomaly detectors take no input label")
-    request = {"model": model, **p, "_uad_in_memory": True, "_uad_return_mask": output in (None, "all")}
+    request = {"model": model, **p, VALIDATED: validated, "_uad_in_memory": True,
+               "_uad_return_mask": output in (None, "all")}
     with request_folder() as folder:
         names: dict[str, str] = {}
         if file is not None:

@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 
 from ..detectors import get_detector
+from ..detectors.params import ValidatedParams
 from ..errors import InputError
 from .encode import check_dtype, check_extension, encode_image
 from .inputs import case_images
@@ -25,7 +26,9 @@ MONAILABEL_REQUEST_KEYS = frozenset({
     "model", "image", "device", "description", "save_label", "label_tag", "result_extension", "result_dtype",
     "result_compress", "client_id", "session", "session_id", "label", "timeout", "output", "cache_transforms",
     "largest_cc", "pipeline", "label_info", "logging", "result", "_uad_return_mask", "_uad_in_memory", "train_mode",
+    "_uad_params",
 })
+VALIDATED = "_uad_params"  # the request's detector parameters, validated once where the request entered
 RESULT_CHOICES = ("map", "mask")
 IN_MEMORY = "_uad_images"  # key of the info dict that carries the result images to the ASGI app
 
@@ -62,7 +65,11 @@ def run_infer_request(detector_name: str, request: dict) -> tuple[str | None, di
     info[IN_MEMORY] (the requested one as 'image'; with `_uad_return_mask` also the mask, extra maps
     and the brain). From MONAI Label's own routes (stock server, batch, save_label): the requested
     image goes to a temporary file that MONAI Label streams back or stores and then deletes."""
-    params, _ = split_request(detector_name, request)
+    given = request.get(VALIDATED)  # validated by the ASGI route (survives MONAI Label's copies of the request)
+    if isinstance(given, ValidatedParams) and given.detector == detector_name:
+        params = given
+    else:  # MONAI Label's own routes: validated here, once
+        params, _ = split_request(detector_name, request)
     which, ext, dtype = result_format(request)
     image = request.get("image")
     if not image or not os.path.exists(str(image)):

@@ -54,25 +54,9 @@ OVERRIDABLE = {"steps", "lr", "batch_size", "crop", "spacing_mm", "max_minutes",
 
 
 # ----------------------------------------------------------------------------- data
-def _final_label(root: Path, case_id: str, images: dict) -> Path | None:
-    from ..io import image_extension
-
-    final = root / "labels" / "final"
-    if not final.is_dir():
-        return None
-    stems = [Path(p).name for p in images.values()] + [case_id]
-    for f in sorted(final.iterdir()):
-        if not image_extension(f):
-            continue
-        stem = f.name[: -len(image_extension(f))]
-        if any(s == stem or s.startswith(stem + ".") for s in stems):
-            return f
-    return None
-
-
 def labelled_cases(sources, holdout=()) -> tuple[list[dict], list[dict]]:
     """(real, synthetic) cases: {"id", "images", "label", "preprocessed", "source"}."""
-    from ..cases import find_cases
+    from ..cases import final_label, find_cases
 
     real, synthetic = [], []
     for src in sources:
@@ -86,7 +70,7 @@ def labelled_cases(sources, holdout=()) -> tuple[list[dict], list[dict]]:
         for case in find_cases(root):
             if case.case_id in holdout or not all(m in case.images for m in MODALITIES):
                 continue
-            label = _final_label(root, case.case_id, case.images)
+            label = final_label(root, case.case_id, case.images)
             entry = {"id": case.case_id, "images": {m: case.images[m] for m in MODALITIES},
                      "preprocessed": template, "source": str(root)}
             if label is not None:

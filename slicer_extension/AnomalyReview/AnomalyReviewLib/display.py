@@ -12,11 +12,17 @@ import numpy as np
 # Built-in colour nodes of Slicer's colour logic (vtkMRMLColorLogic default file nodes). Inferno for
 # the anomaly map (dark = normal, bright = abnormal, perceptually uniform); Viridis for uncertainty,
 # so the two maps of the segmenter cannot be mistaken for each other.
+# A fusion's member maps (quantiles in [0, 1]) get Plasma: perceptually uniform too, and unlike Inferno
+# it has no black end, so a member map shown in place of the fused map is not taken for it.
 MAP_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileInferno.txt"
 UNCERTAINTY_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileViridis.txt"
+MEMBER_COLOR_NODE_ID = "vtkMRMLColorTableNodeFilePlasma.txt"
 EXTRA_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileColdToHotRainbow.txt"
+MEMBER_PREFIX = "member_"
+BRAIN_PART = "brain"  # the server's brain mask: feeds the slice scores, is no map to show
 
 OUTPUT_ATTRIBUTE = "AnomalyReview.Output"  # node attribute marking the module's own outputs
+EXTRA_ATTRIBUTE = "AnomalyReview.ExtraMap"  # node attribute: which extra map of the result a volume holds
 REVIEW_SEGMENT_NAME = "anomaly"
 REVIEW_SEGMENT_COLOR = (0.1, 0.9, 0.2)
 DEFAULT_MIN_SIZE_MAX = 500.0
@@ -28,7 +34,52 @@ def color_node_for(part: str) -> str:
         return MAP_COLOR_NODE_ID
     if part == "uncertainty":
         return UNCERTAINTY_COLOR_NODE_ID
+    if part.startswith(MEMBER_PREFIX):
+        return MEMBER_COLOR_NODE_ID
     return EXTRA_COLOR_NODE_ID
+
+
+def extra_map_names(extras) -> list[str]:
+    """The extra maps of a result the annotator can choose, in the server's order: every extra but the
+    brain mask (member_<name> of a fusion, the segmenter's uncertainty, ...)."""
+    return [name for name in extras if name != BRAIN_PART]
+
+
+def extra_window(array) -> tuple[float, float]:
+    """Window of an extra map: 0-1 (member quantiles, uncertainty, probabilities), widened to the map's
+    finite values when they leave [0, 1], so no value is clipped."""
+    a = np.asarray(array, np.float64)
+    finite = a[np.isfinite(a)]
+    if finite.size == 0:
+        return 0.0, 1.0
+    return min(0.0, float(finite.min())), max(1.0, float(finite.max()))
+
+
+def _number(v) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def result_summary(info: dict) -> str:
+    """What the results area says about the server's choices: where the default threshold came from
+    (`threshold_source`) and, for a fusion, its members, rule, weights and where the weights came from."""
+    lines = []
+    if info.get("threshold") is not None or info.get("threshold_source"):
+        t = info.get("threshold")
+        lines.append(f"server threshold {_number(t) if t is not None else '?'}: "
+                     f"{info.get('threshold_source') or 'source not given'}")
+    fusion = info.get("fusion")
+    if isinstance(fusion, dict):
+        members = list(fusion.get("members") or [])
+        weights = fusion.get("weights")
+        if isinstance(weights, (list, tuple)) and len(weights) == len(members):
+            parts = [f"{m} {_number(w)}" for m, w in zip(members, weights)]
+        else:
+            parts = members + ([f"weights {weights}"] if weights is not None else [])
+        intercept = fusion.get("intercept")
+        extra = f", intercept {_number(intercept)}" if fusion.get("rule") == "logistic" and intercept else ""
+        lines.append(f"fusion ({fusion.get('rule', '?')}): {', '.join(parts)}{extra}; "
+                     f"weights: {fusion.get('weights_source') or 'source not given'}")
+    return "\n".join(lines)
 
 
 def min_size_range(params: Optional[dict], current: Optional[float] = None) -> tuple[float, float, float]:

@@ -42,6 +42,7 @@ class AnomalyReviewParameterNode:
     minSizeMm3: float = 20.0
     scanVolume: vtkMRMLScalarVolumeNode
     mapVolume: vtkMRMLScalarVolumeNode
+    extraMap: vtkMRMLScalarVolumeNode  # the extra map shown instead of the main map (None: the main map)
     candidatesVolume: vtkMRMLLabelMapVolumeNode
     reviewSegmentation: vtkMRMLSegmentationNode
     reviewSegmentId: str = ""
@@ -184,14 +185,39 @@ class AnomalyReviewLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         return self.map_node
 
     def _add_extras(self, res):
-        for name, image in res.extras.items():
-            if name != "brain":  # the brain mask only feeds slice scores
-                self.extra_nodes[name] = scene.add_volume(image, f"{res.model} {name}", display.color_node_for(name))
+        for name in display.extra_map_names(res.extras):  # the brain mask only feeds slice scores
+            image = res.extras[name]
+            node = scene.add_volume(image, f"{res.model} {name}", display.color_node_for(name), extra=name)
+            scene.show_map(node, display.extra_window(image.array))
+            self.extra_nodes[name] = node
+
+    # -- extra maps (a fusion's member_<name>, the segmenter's uncertainty, ...)
+    def extra_map_names(self):
+        return list(self.extra_nodes)
+
+    def shown_extra(self):
+        """Name of the extra map shown in place of the main map, None for the main map."""
+        node = self.getParameterNode().extraMap
+        return next((n for n, x in self.extra_nodes.items() if x is node), None)
+
+    def show_extra(self, name=None):
+        """Show the extra map `name` as the coloured layer (None or "": the main map again). The threshold,
+        the findings' outlines and the chart stay on the main map. Returns the node shown."""
+        if name and name not in self.extra_nodes:
+            raise ValueError(f"extra map: expected one of {self.extra_map_names() or 'none (this result has none)'}"
+                             f", received {name!r}")
+        node = self.extra_nodes[name] if name else self.map_node
+        if node is None:
+            return None
+        self.getParameterNode().extraMap = node if name else None
+        scene.show_foreground(node)
+        return node
 
     def _show_detector(self, case):
         res, review = case.result, case.review
         self.map_node = scene.add_volume(res.map, f"{res.model} anomaly map", display.MAP_COLOR_NODE_ID)
         self._add_extras(res)
+        self.getParameterNode().extraMap = None
         self.segmentation_node, (self.segment_id,) = scene.add_segmentation(
             f"{res.model} reviewed", self.map_node, [(display.REVIEW_SEGMENT_NAME, display.REVIEW_SEGMENT_COLOR)])
         self.candidates_node = scene.add_volume(res.map.with_array(review.labels.astype(np.int16)),
@@ -214,11 +240,12 @@ class AnomalyReviewLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         for v, sid in zip(values, ids):
             scene.set_segment_array(self.segmentation_node, sid, self.map_node, mask == v)
         self.segment_id = ids[0]
-        overlay = self.extra_nodes.get("uncertainty", self.map_node)
-        arr = slicer.util.arrayFromVolume(overlay)
+        arr = slicer.util.arrayFromVolume(self.map_node)
         self._window = (float(np.nanmin(arr)), float(np.nanmax(arr)))
-        scene.show_map(overlay, self._window, None)
-        scene.show_layers(self.scan_node, overlay, None, self.getParameterNode().opacity)
+        scene.show_map(self.map_node, self._window, None)
+        overlay = self.extra_nodes.get("uncertainty")  # shown first; the extra-map selector goes back to the map
+        self.getParameterNode().extraMap = overlay
+        scene.show_layers(self.scan_node, overlay or self.map_node, None, self.getParameterNode().opacity)
 
     def restore(self):
         """Rebuild the review from the parameter node (a saved scene was loaded); None if there is none."""
@@ -237,6 +264,7 @@ class AnomalyReviewLogic(ScriptedLoadableModuleLogic, VTKObservationMixin):
         self.case = ReviewCase(InferResult(p.resultModel, info, amap), review, p.imageId or None)
         self.scan_node, self.map_node, self.candidates_node = p.scanVolume, p.mapVolume, p.candidatesVolume
         self.segmentation_node, self.segment_id = p.reviewSegmentation, p.reviewSegmentId or None
+        self.extra_nodes = scene.extra_volumes()
         return self.case
 
     def clear_result_nodes(self):

@@ -24,14 +24,17 @@ def volume_nifti_bytes(node) -> bytes:
     return nifti.to_bytes(nifti.NiftiImage(array, volume_affine(node)))
 
 
-def add_volume(image: nifti.NiftiImage, name: str, color_node_id=None, label=False):
-    """A new volume node holding `image` (float kept), marked as one of the module's outputs and
+def add_volume(image: nifti.NiftiImage, name: str, color_node_id=None, label=False, extra=None):
+    """A new volume node holding `image` (float kept), marked as one of the module's outputs (and, with
+    `extra`, as that extra map of the result: the extra-map selector lists nodes by this attribute) and
     coloured with `color_node_id` (the display node starts with Slicer's default grey or label table)."""
     cls = "vtkMRMLLabelMapVolumeNode" if label else "vtkMRMLScalarVolumeNode"
     node = slicer.mrmlScene.AddNewNodeByClass(cls, name)
     node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(np.asarray(image.affine, float)))
     slicer.util.updateVolumeFromArray(node, ijk_to_slicer(image.array))
     node.SetAttribute(display.OUTPUT_ATTRIBUTE, "1")
+    if extra:
+        node.SetAttribute(display.EXTRA_ATTRIBUTE, extra)
     node.CreateDefaultDisplayNodes()
     if color_node_id:
         node.GetDisplayNode().SetAndObserveColorNodeID(color_node_id)
@@ -46,6 +49,17 @@ def output_node_ids() -> list:
     """IDs of the module's own volumes (input selectors hide them)."""
     return [n.GetID() for n in slicer.util.getNodesByClass("vtkMRMLVolumeNode")
             if n.GetAttribute(display.OUTPUT_ATTRIBUTE) == "1"]
+
+
+def extra_volumes() -> dict:
+    """The result's extra maps in the scene, name -> node (a review restored from a saved scene)."""
+    return {n.GetAttribute(display.EXTRA_ATTRIBUTE): n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+            if n.GetAttribute(display.EXTRA_ATTRIBUTE)}
+
+
+def list_only_extra_maps(combo) -> None:
+    """The extra-map selector lists the volumes marked as extra maps (any value of the attribute)."""
+    combo.addAttribute("vtkMRMLScalarVolumeNode", display.EXTRA_ATTRIBUTE)
 
 
 def hide_from_selector(combo, node_ids) -> None:
@@ -77,6 +91,11 @@ def show_layers(scan, overlay, label=None, opacity=0.5) -> None:
                                      foregroundOpacity=float(opacity), labelOpacity=1.0)
     for slice_node in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
         slice_node.SetUseLabelOutline(True)
+
+
+def show_foreground(overlay) -> None:
+    """Swap the coloured layer of the slice views; the scan, the findings' outlines and opacity stay."""
+    slicer.util.setSliceViewerLayers(foreground=overlay)
 
 
 def set_overlay_opacity(opacity) -> None:
