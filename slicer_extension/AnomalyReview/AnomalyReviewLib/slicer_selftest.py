@@ -94,6 +94,8 @@ class AnomalyReviewSelfTest(ScriptedLoadableModuleTest):
             logic = w.logic
             logic.client = Client(f"http://127.0.0.1:{server.server_port}")
             case = synthetic_case()
+            member = case.result.map.with_array(np.full(case.result.map.shape, 0.5, np.float32))
+            case.result.extras["member_synthetic"] = member  # a fusion's member map
             w.show_result(case)
             d = logic.map_node.GetDisplayNode()
             self.assertEqual(logic.map_node.GetImageData().GetScalarType(), vtk.VTK_FLOAT)
@@ -116,6 +118,15 @@ class AnomalyReviewSelfTest(ScriptedLoadableModuleTest):
             w.ui.thresholdSlider.value = 0.8
             w.apply_threshold()
             self.assertEqual(len(case.review.findings), 2)
+
+            selector, member_node = w.ui.extraMapSelector, logic.extra_nodes["member_synthetic"]
+            self.assertEqual(selector.nodeCount(), 1)
+            selector.setCurrentNode(member_node)  # the extra map in colour; the threshold stays on the map
+            self.assertEqual(composite.GetForegroundVolumeID(), member_node.GetID())
+            self.assertEqual(member_node.GetDisplayNode().GetColorNodeID(), display.MEMBER_COLOR_NODE_ID)
+            self.assertEqual(composite.GetLabelVolumeID(), logic.candidates_node.GetID())
+            selector.setCurrentNode(None)
+            self.assertEqual(composite.GetForegroundVolumeID(), logic.map_node.GetID())
             self.assertAlmostEqual(logic.getParameterNode().threshold, 0.8, places=5)
 
             w.ui.findingsTable.selectRow(0)
