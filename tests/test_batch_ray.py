@@ -191,7 +191,7 @@ def test_cli_joins_a_running_cluster_by_address_and_ctrl_c_exits_130(tmp_path, c
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "uad_label.cli.main", "batch", "flair_threshold", str(src), "--preprocessed",
            "--out", str(out), "--engine", "ray", "--address", cluster, "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8")
     try:
         deadline = time.monotonic() + 240
         while not list(out.glob("*/result.json")) and proc.poll() is None and time.monotonic() < deadline:

@@ -166,10 +166,10 @@ def test_calibrate_cli_and_refusal(tmp_path, weights_dir):
     env = {**os.environ, "UAD_WEIGHTS_DIR": str(weights_dir)}
     cmd = [sys.executable, "-m", "uad_label.cli.main", "calibrate", "flair_threshold", "--data", str(data),
            "--preprocessed", "-p", "check_contrast=false", "-p", "min_component_mm3=5", "--folds", "2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, encoding="utf-8", env=env, timeout=600)
     assert r.returncode == 0, r.stderr
     assert "cross-validated pooled Dice" in r.stdout and (weights_dir / "flair_threshold.calibration.json").exists()
-    r = subprocess.run(cmd + ["--min-cases", "9"], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(cmd + ["--min-cases", "9"], capture_output=True, encoding="utf-8", env=env, timeout=600)
     assert r.returncode == 2 and "needs at least 9 labelled cases" in r.stderr
 
 

@@ -7,8 +7,9 @@ import SimpleITK as sitk
 from test_calibration import PARAMS, _image, lesion_case
 
 from uad_label.detectors import get_detector
-from uad_label.detectors.fusion import MEMBER_CACHE, brain_quantile, combine
+from uad_label.detectors.fusion import MEMBER_CACHE, combine
 from uad_label.errors import InputError
+from uad_label.transforms.intensity import brain_quantile
 
 FAST = {**PARAMS, "members": "flair_threshold,tissue_outlier",
         "member_params": '{"tissue_outlier": {"atlas": false, "iterations": 5}}'}

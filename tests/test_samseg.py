@@ -222,7 +222,7 @@ def test_tensorflow_lives_in_samseg_environment_only():
     code = ("import sys, numpy, torch.utils.tensorboard, monailabel.interfaces.app, uad_label;"
             "from uad_label.detectors import get_detector; get_detector('samseg');"
             "import triton; print('tensorflow' in sys.modules, numpy.__version__)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     flag, numpy_version = out.stdout.split()
     assert flag == "False" and int(numpy_version.split(".")[0]) < 2

@@ -277,7 +277,7 @@ for name in ("bug", "refusal"):
     out[name] = [r.status_code, r.json()]
 print("RESULT " + json.dumps(out))
 '''
-    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, encoding="utf-8", timeout=300)
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")), None)
     assert line, p.stdout[-2000:] + p.stderr[-2000:]
     out = json.loads(line[len("RESULT "):])

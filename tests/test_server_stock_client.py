@@ -180,7 +180,7 @@ def test_cli_train_uses_the_same_validation(studies, tmp_path, setting, needle):
     p = subprocess.run([sys.executable, "-m", "uad_label.cli.main", "train", "baur_ae", "--data", str(data),
                         "--out", str(tmp_path / "w"), "--set", setting, "--set", "steps=1",
                         "--set", "preprocessed=true"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, capture_output=True, encoding="utf-8", timeout=300)
     assert p.returncode == 2, p.stdout[-1000:] + p.stderr[-1000:]
     assert needle in p.stderr and "error" in p.stderr, p.stderr[-1000:]
     assert not (tmp_path / "w" / "baur_ae.pt").exists()

@@ -33,7 +33,7 @@ def test_library_imports_without_slicer_scipy_or_server_packages():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('scipy', 'SimpleITK', 'monailabel', 'requests', "
             "'torch', 'torchvision', 'cgi', 'slicer', 'qt', 'vtk', 'nibabel', 'requests_toolbelt')]; print(bad)"
             % str(LIB_DIR))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", check=True)
     assert out.stdout.strip() == "[]"
 
 

@@ -24,10 +24,10 @@ def test_cmake_standalone_configure_and_install(tmp_path):
         pytest.skip("cmake is not installed on this machine")
     build, prefix = tmp_path / "build", tmp_path / "prefix"
     out = subprocess.run([cmake, "-S", str(ROOT), "-B", str(build), f"-DCMAKE_INSTALL_PREFIX={prefix}"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, encoding="utf-8", timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "standalone mode" in out.stdout  # no Slicer here: the fallback chose itself
-    out = subprocess.run([cmake, "--install", str(build)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([cmake, "--install", str(build)], capture_output=True, encoding="utf-8", timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     installed_root = prefix / "AnomalyReview"
     installed = {str(p.relative_to(installed_root)) for p in installed_root.rglob("*") if p.is_file()}
@@ -37,7 +37,7 @@ def test_cmake_standalone_configure_and_install(tmp_path):
         assert (installed_root / f).read_bytes() == (MODULE_DIR / f).read_bytes()
     # the installed folder is usable as is: its library imports from there
     code = f"import sys; sys.path.insert(0, {str(installed_root)!r}); import AnomalyReviewLib; print('ok')"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8").stdout.strip() == "ok"
 
 
 def test_cmake_lists_every_module_file():

@@ -228,7 +228,7 @@ def test_outlier_class_keeps_lesions_out_of_the_tissue_estimates():
 
 # ---- front ends -------------------------------------------------------------------------------
 def uad(*args):
-    return subprocess.run([sys.executable, "-m", "uad_label.cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "uad_label.cli.main", *args], capture_output=True, encoding="utf-8",
                           timeout=600)
 
 

@@ -55,11 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = args.device
-    if device is None:
-        import torch
+    from ..device import resolve_device
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(args.device or "auto")
     if args.suite not in SUITES:
         raise ValueError(f"suite must be one of {sorted(SUITES)}, got {args.suite!r}")
     SUITES[args.suite][1](device, args.quick, args.out)

@@ -151,7 +151,8 @@ class Detector(ABC):
             from ..preprocess.contrast import check_modality_contrast
 
             t = time.perf_counter()
-            contrast = {m: check_modality_contrast(case, m) for m in self.modalities if m in case.arrays}
+            # every modality the case brings, optional ones (T1/T2 of a FLAIR detector) included
+            contrast = {m: check_modality_contrast(case, m) for m in case.arrays}
             timings["contrast_check"] = time.perf_counter() - t
 
         report(0.3, "computing the anomaly map")

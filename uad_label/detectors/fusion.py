@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..transforms.intensity import brain_quantile
 from .base import Detector, MapOutput
 from .params import Param
 
@@ -43,18 +44,6 @@ CACHE_SIZE = int(os.environ.get("UAD_FUSION_CACHE", "6"))
 # parameters that do not change a member's map (they act after it)
 _NOT_MAP = ("threshold", "min_component_mm3", "connectivity")
 _EPS = 1e-6
-
-
-def brain_quantile(values: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Each brain voxel's mid-rank quantile among the brain's voxels ((rank - 0.5) / n, ties share their
-    mean rank: scipy.stats.rankdata), 0 outside the brain (float32)."""
-    from scipy.stats import rankdata
-
-    out = np.zeros(brain.shape, np.float32)
-    inside = np.asarray(values)[brain]
-    if inside.size:
-        out[brain] = ((rankdata(inside, method="average") - 0.5) / inside.size).astype(np.float32)
-    return out
 
 
 def combine(quantiles: list[np.ndarray], weights, rule: str, intercept: float = 0.0) -> np.ndarray:

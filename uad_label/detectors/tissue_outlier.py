@@ -63,7 +63,6 @@ class TissueOutlier(Detector):
                              "(is the FLAIR all zero?)")
         mods = ["FLAIR"] + ([m for m in self.optional_modalities if m in case.arrays]
                             if params["channels"] == "all" else [])
-        contrast = self._check_optional_contrast(case, mods, params)
         progress(0.05, "tissue priors")
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(brain))
         m = brain[box]
@@ -126,17 +125,7 @@ class TissueOutlier(Detector):
             "class_means": {name: {mod: round(float(fit.means[c, i] * scales[mod]), 2) for i, mod in enumerate(mods)}
                             for c, name in enumerate(CLASSES)},
             "tissue_weights": {name: round(float(fit.weights[c]), 4) for c, name in enumerate(CLASSES)}}}
-        if contrast:
-            info["contrast_optional"] = contrast
         return MapOutput(out, info)
-
-    def _check_optional_contrast(self, case, mods, params) -> dict:
-        """The base class checks the required FLAIR; the optional channels go through the same check."""
-        if not params["check_contrast"]:
-            return {}
-        from ..preprocess.contrast import check_modality_contrast
-
-        return {mod: check_modality_contrast(case, mod) for mod in mods if mod not in self.modalities}
 
     def default_threshold(self, work_map, case, params):
         if params["score"] == "mahalanobis":

@@ -27,6 +27,7 @@ from ..detectors import get_detector
 from ..detectors.calibration_card import CARD_KIND, CARD_VERSION, card_path, check_card, map_params
 from ..errors import InputError
 from .level_components import filtered_counts
+from .metrics import dice_from_counts
 
 MIN_CASES = 4  # cross-validation needs cases to choose on and a held-out case per fold
 N_FOLDS = 5
@@ -126,11 +127,6 @@ def _grid(maps: list[np.ndarray], brains: list[np.ndarray], n: int) -> np.ndarra
     return np.unique(np.quantile(values, levels).astype(np.float64))
 
 
-def _dice(tp, pred, gt):
-    denom = pred + gt
-    return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 1.0)
-
-
 @dataclass
 class Candidate:
     """One map-making choice (the detector's map, or fusion weights): counts per case at each threshold."""
@@ -142,7 +138,7 @@ class Candidate:
     tp: np.ndarray
 
     def best(self, idx, gt_totals) -> tuple[int, float]:
-        curve = _dice(self.tp[idx].sum(0), self.pred[idx].sum(0), gt_totals[idx].sum())
+        curve = dice_from_counts(self.tp[idx].sum(0), self.pred[idx].sum(0), gt_totals[idx].sum())
         j = int(np.argmax(curve))
         return j, float(curve[j])
 
@@ -274,12 +270,12 @@ def cross_validate(det, cases: list[CaseData], p, folds: int = N_FOLDS, n_thresh
         rows.append({"held_out": [cases[i].case_id for i in test], "threshold": float(cand.thresholds[j]),
                      "weights": cand.weights, "intercept": cand.intercept if cand.weights else None,
                      "dice_train": round(d_train, 4),
-                     "dice_held_out": round(float(_dice(tp, pred, gt)), 4),
-                     "dice_held_out_default": round(float(_dice(tp0, pred0, gt)), 4)})
+                     "dice_held_out": round(float(dice_from_counts(tp, pred, gt)), 4),
+                     "dice_held_out_default": round(float(dice_from_counts(tp0, pred0, gt)), 4)})
     cand, j, d_all = _choose(det, cases, p, list(range(len(cases))), n_thresholds, cache)
     return {"folds": rows, "fold_of": fold_of, "final": (cand, j, d_all),
-            "dice_cv": {"calibrated": round(float(_dice(held["tp"], held["pred"], held["gt"])), 4),
-                        "default": round(float(_dice(held["tp0"], held["pred0"], held["gt"])), 4),
+            "dice_cv": {"calibrated": round(float(dice_from_counts(held["tp"], held["pred"], held["gt"])), 4),
+                        "default": round(float(dice_from_counts(held["tp0"], held["pred0"], held["gt"])), 4),
                         "pooled_over": "held-out cases of every fold"}}
 
 

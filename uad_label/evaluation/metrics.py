@@ -27,6 +27,12 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2.0 * np.logical_and(pred, gt).sum() / denom)
 
 
+def dice_from_counts(tp, pred, gt):
+    """Dice from voxel counts (arrays broadcast): 2 TP / (predicted + ground truth); 1.0 where both are 0."""
+    denom = pred + gt
+    return np.where(denom > 0, 2.0 * tp / np.maximum(denom, 1), 1.0)
+
+
 def weighted_samples(score_map: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct (score, label) pairs of a volume and how many voxels each stands for.
 
@@ -127,8 +133,7 @@ class PooledEvaluation:
             self.samples = [merge_samples(self.samples)]
 
     def dice_curve(self) -> np.ndarray:
-        denom = self.pred + self.gt_total
-        return np.where(denom > 0, 2.0 * self.tp / np.maximum(denom, 1), 1.0)
+        return dice_from_counts(self.tp, self.pred, self.gt_total)
 
     def result(self) -> dict:
         curve = self.dice_curve()

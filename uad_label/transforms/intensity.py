@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 from skimage.exposure import cumulative_distribution
 
 from ..errors import InputError
@@ -22,6 +23,17 @@ def equalise_in_brain(volume: np.ndarray, brain: np.ndarray, nbins: int = 256) -
     cdf, centres = cumulative_distribution(volume[brain], nbins)
     out = np.zeros(volume.shape, np.float32)
     out[brain] = np.interp(volume[brain], centres, cdf)
+    return out
+
+
+def brain_quantile(values: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Each brain voxel's mid-rank quantile among the brain's voxels ((rank - 0.5) / n, ties share their
+    mean rank: scipy.stats.rankdata), 0 outside the brain (float32). The exact-rank twin of
+    equalise_in_brain (which bins, as the published baseline does): the fusion's common scale."""
+    out = np.zeros(brain.shape, np.float32)
+    inside = np.asarray(values)[brain]
+    if inside.size:
+        out[brain] = ((rankdata(inside, method="average") - 0.5) / inside.size).astype(np.float32)
     return out
 
 
