@@ -22,9 +22,9 @@ Everything else is cupyx.scipy.ndimage, which already has GPU kernels for these 
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
-import torch
 
 from ._common import resolve_backend
 
@@ -58,17 +58,18 @@ def _is_cupy(x) -> bool:
 
 
 def _kind(x, op: str, name: str) -> str:
-    if isinstance(x, torch.Tensor):
-        return "torch-cuda" if x.is_cuda else "torch-cpu"
     if isinstance(x, np.ndarray):
         return "numpy"
+    torch = sys.modules.get("torch")  # not imported: x is no tensor (NumPy callers never import torch here)
+    if torch is not None and isinstance(x, torch.Tensor):
+        return "torch-cuda" if x.is_cuda else "torch-cpu"
     if _is_cupy(x):
         return "cupy"
     raise ValueError(f"{op}: {name} must be a torch.Tensor, numpy.ndarray or cupy.ndarray, got {type(x).__name__}")
 
 
 def _use_gpu(kind: str, backend: str, op: str) -> bool:
-    device = torch.device("cuda" if kind in ("torch-cuda", "cupy") else "cpu")
+    device = "cuda" if kind in ("torch-cuda", "cupy") else "cpu"
     return resolve_backend(backend, device, kernel="cupy", op=op) == "cupy"
 
 
@@ -99,6 +100,8 @@ def _back(arr, kind, like):
         import cupy
 
         return arr if on_gpu else cupy.asarray(arr)
+    import torch
+
     if on_gpu:
         t = torch.from_dlpack(arr)
         return t if kind == "torch-cuda" else t.cpu()

@@ -10,6 +10,7 @@ Active learning / scoring (see docs/label_loop.md):
   --conf finetune_model NAME --conf finetune_every N   fine-tune after N new final labels
   --conf infer_concurrency N                       inferences computed at once (default: CPU count)
   --conf threads N                                 torch / SimpleITK threads of the process (default: UAD_THREADS)
+  --conf pseudo_label_dir DIR                      detector outputs of pseudo-labelling (default <app>/pseudo_labels)
   --conf ray_address ADDR                          batch inference on that Ray cluster (default: in-process)
   --conf auto_score true                           score on start, after next-sample, training and each
                                                    final label (incremental, in-process; default false)
@@ -94,7 +95,14 @@ class UADApp(MONAILabelApp):
                                   reset=float(self.conf.get("strategy_reset", 600)))
 
     def init_scoring_methods(self):
-        return scoring_methods(self.detector_names, self.scoring_params, self.active_detector)
+        import os
+
+        from uad_label.batch.pseudo_label_task import pseudo_label_methods
+
+        work = self.conf.get("pseudo_label_dir") or os.path.join(self.app_dir, "pseudo_labels")
+        pseudo = pseudo_label_methods(self.detector_names, work,
+                                      self.scoring_params, self.conf.get("ray_address") or None)
+        return {**scoring_methods(self.detector_names, self.scoring_params, self.active_detector), **pseudo}
 
     def init_batch_infer(self):
         from uad_label.batch.server import DetectorBatchInfer

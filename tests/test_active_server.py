@@ -31,7 +31,8 @@ def server(studies, tmp_path_factory):
     os.environ["UAD_MAX_UPLOAD_MB"] = "2"
     try:
         s = Server(studies, tmp_path_factory.mktemp("log") / "server.log",
-                   conf={"scoring_params": json.dumps(PRE), "auto_score": "true", "strategy_k": "1"})
+                   conf={"scoring_params": json.dumps(PRE), "auto_score": "true", "strategy_k": "1",
+                         "pseudo_label_dir": str(tmp_path_factory.mktemp("pseudo"))})
     finally:
         if old is None:
             os.environ.pop("UAD_MAX_UPLOAD_MB", None)
@@ -77,6 +78,27 @@ def test_scoring_then_most_anomalous_then_label_save(server, studies, tmp_path):
     assert r.json()["final_labels"] == 1 and "scoring" in r.json()
     nxt = requests.post(server.url + "/activelearning/most_anomalous", json={}, timeout=30).json()
     assert nxt["id"] == ranked[1]
+
+
+def test_pseudo_label_task_stores_pseudo_labels_for_unlabelled_cases_only(server, studies):
+    info = requests.get(server.url + "/info/", timeout=10).json()
+    assert info["scoring"]["pseudo_label_flair_threshold"]["kind"] == "pseudo_label"
+    for bad, word in (({"tag": "final"}, "tag: expected a label tag"), ({"nbins": -3}, "nbins"),
+                      ({"limit": 0}, "limit: expected a positive integer")):
+        r = requests.post(server.url + "/scoring/pseudo_label_flair_threshold", json=bad, timeout=30)
+        assert r.status_code == 422 and word in r.json()["detail"], r.text
+    assert not (studies / "labels" / "flair").exists()
+    r = requests.post(server.url + "/scoring/pseudo_label_flair_threshold", params={"run_sync": True},
+                      json={"tag": "flair"}, timeout=600)
+    assert r.status_code == 200, r.text
+    objects = requests.get(server.url + "/datastore/", params={"output": "all"}, timeout=10).json()["objects"]
+    final = {k.split("_")[0] for k, v in objects.items() if "final" in v.get("labels", {})}
+    pseudo = {k.split("_")[0] for k, v in objects.items() if "flair" in v.get("labels", {})}
+    assert final and pseudo == {"calm", "hot", "mild"} - final, (final, pseudo)
+    some = next(v for v in objects.values() if "flair" in v.get("labels", {}))
+    assert some["labels"]["flair"]["info"]["detector"] == "flair_threshold"
+    assert "flair_map" in some["labels"]
+    assert server.alive()
 
 
 @pytest.mark.parametrize("how,status", [

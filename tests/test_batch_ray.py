@@ -208,3 +208,21 @@ def test_cli_joins_a_running_cluster_by_address_and_ctrl_c_exits_130(tmp_path, c
     assert not [p for p in dirs if p.name.startswith(".")]
     assert dirs and all((p / "result.json").is_file() and (p / "report.png").is_file() for p in dirs)
     assert len(dirs) < 10
+
+
+def test_pseudo_labels_on_ray_equal_the_local_engines(tmp_path, cluster):
+    from uad_label.batch.pseudo_label import pseudo_label
+
+    local, on_ray = _cases(tmp_path / "local", 3, bad=True), tmp_path / "ray"
+    import shutil
+
+    shutil.copytree(local, on_ray)
+    a = pseudo_label("flair_threshold", local, tmp_path / "out_local", PARAMS, tag="pl")
+    b = pseudo_label("flair_threshold", on_ray, tmp_path / "out_ray", PARAMS, tag="pl", engine="ray",
+                     address=cluster, workers=2)
+    assert a["labelled"] == b["labelled"] == ["c0_FLAIR", "c1_FLAIR", "c2_FLAIR"]
+    assert [f["case"] for f in b["failed"]] == ["bad"]
+    for name in a["labelled"]:
+        ma = sitk.GetArrayFromImage(sitk.ReadImage(str(local / "labels" / "pl" / f"{name}.nii.gz")))
+        mb = sitk.GetArrayFromImage(sitk.ReadImage(str(on_ray / "labels" / "pl" / f"{name}.nii.gz")))
+        assert np.array_equal(ma, mb)

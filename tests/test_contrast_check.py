@@ -81,3 +81,56 @@ def test_detectors_refuse_the_wrong_modality_unless_told_not_to(p26_images):
     assert res.info["contrast"] == {}
     ok = det.detect({"FLAIR": p26_images["FLAIR"]}, {"preprocessed": True})
     assert ok.info["contrast"]["FLAIR"]["gm_wm"] >= 0.9 and "contrast_check" in ok.info["latencies"]
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3, 5])
+def test_eroded_by_ball_equals_itk_binary_erode(radius):
+    from uad_label.preprocess.contrast import eroded_by_ball
+
+    rng = np.random.default_rng(radius)
+    noise = sitk.GetImageFromArray(rng.standard_normal((31, 35, 33)).astype(np.float32))
+    blobs = sitk.SmoothingRecursiveGaussian(noise, 2.5) > -0.02  # blobs with holes, touching the border
+    expected = sitk.GetArrayFromImage(sitk.BinaryErode(blobs, [radius] * 3)) > 0
+    assert 0 < expected.sum() < sitk.GetArrayViewFromImage(blobs).sum()
+    np.testing.assert_array_equal(eroded_by_ball(blobs, radius), expected)
+
+
+def test_eroded_by_ball_equals_itk_binary_erode_on_the_template():
+    from uad_label.preprocess.contrast import eroded_by_ball
+    from uad_label.template import load_template_brain_mask
+
+    mask = load_template_brain_mask()
+    expected = sitk.GetArrayFromImage(sitk.BinaryErode(mask, [12] * 3)) > 0
+    np.testing.assert_array_equal(eroded_by_ball(mask, 12), expected)
+
+
+def test_shipped_template_regions_are_the_computed_ones():
+    """uad_label/assets/template_regions.nii.gz is what compute_template_regions() gives (rewrite it with
+    write_template_regions() when the definition or the template changes); the loader uses it in the template's
+    own geometry."""
+    from uad_label.preprocess.contrast import REGIONS_FILE, _template_regions, compute_template_regions
+
+    assert REGIONS_FILE.exists()
+    computed, loaded = compute_template_regions(), _template_regions()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(REGIONS_FILE))),
+                                  sitk.GetArrayFromImage(computed))
+    assert (loaded.GetSize(), loaded.GetOrigin(), loaded.GetSpacing(), loaded.GetDirection()) == \
+        (computed.GetSize(), computed.GetOrigin(), computed.GetSpacing(), computed.GetDirection())
+    assert set(np.unique(sitk.GetArrayViewFromImage(loaded))) == {0, 1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("shipped", ["absent", "other grid"])
+def test_template_regions_are_computed_without_a_matching_shipped_file(tmp_path, monkeypatch, shipped):
+    from uad_label.preprocess import contrast
+
+    path = tmp_path / "regions.nii.gz"
+    if shipped == "other grid":
+        sitk.WriteImage(sitk.Image(5, 6, 7, sitk.sitkUInt8), str(path))
+    computed = sitk.Image(2, 2, 2, sitk.sitkUInt8)
+    monkeypatch.setattr(contrast, "REGIONS_FILE", path)
+    monkeypatch.setattr(contrast, "compute_template_regions", lambda: computed)
+    contrast._template_regions.cache_clear()
+    try:
+        assert contrast._template_regions() is computed
+    finally:
+        contrast._template_regions.cache_clear()

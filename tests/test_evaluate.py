@@ -103,7 +103,7 @@ def test_detect_cli_bad_parameter_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
 
 
-@pytest.mark.parametrize("command", ["sample-data", "serve", "detect", "evaluate", "bench"])
+@pytest.mark.parametrize("command", ["sample-data", "serve", "detect", "evaluate", "bench", "pseudo-label", "batch"])
 def test_every_subcommand_has_help_with_an_example(command):
     r = uad(command, "--help")
     assert r.returncode == 0, r.stderr

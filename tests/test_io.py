@@ -6,6 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from uad_label.cases import find_modalities
+from uad_label.errors import InputError
 from uad_label.io import load_image, save_image
 
 
@@ -137,3 +138,71 @@ def test_find_modalities_raw_clinical_study():
     assert set(found) == {"FLAIR", "T1", "T2"}
     img = load_image(found["FLAIR"])
     assert img.GetDimension() == 3 and img.GetSpacing()[2] > 2.5
+
+
+def _nifti(path, array, affine, dtype, slope_inter=None):
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(array, dtype), affine)
+    img.header.set_data_dtype(dtype)
+    if slope_inter is not None:
+        img.header.set_slope_inter(*slope_inter)
+    nib.save(img, str(path))
+    return path
+
+
+def _itk_reading(path):
+    image = sitk.ReadImage(str(path))
+    return image[:, :, :, 0] if image.GetDimension() == 4 else image
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("dtype", ["<f4", ">f4", "<f8", ">f8", "<i2"])
+def test_nifti_read_once_is_itks_reading(tmp_path, ext, dtype):
+    """Float NIfTI is decompressed once (NaN checked on that array); the image equals ITK's own reading: pixel
+    type, voxels (infinities set to 0 as ITK does), geometry, metadata (ITK's reader adds ITK_original_*)."""
+    from uad_label.io import _float_nifti_once
+
+    rng = np.random.default_rng(0)
+    values = rng.random((9, 10, 11)) * 100
+    if dtype[1] == "f":
+        values[1, 2, 3], values[4, 4, 4] = np.inf, -np.inf
+    affine = np.array([[0.0, -0.9, 0.0, 10.0], [1.1, 0.0, 0.0, -20.0], [0.0, 0.0, 2.5, 5.0], [0, 0, 0, 1]])
+    path = _nifti(tmp_path / f"scan{ext}", values, affine, dtype)
+    loaded, itk = load_image(path), _itk_reading(path)
+    assert loaded.GetPixelID() == itk.GetPixelID()
+    _same(loaded, itk)
+    assert (loaded.GetOrigin(), loaded.GetSpacing(), loaded.GetDirection()) == \
+        (itk.GetOrigin(), itk.GetSpacing(), itk.GetDirection())
+    def header(image):
+        return {k: image.GetMetaData(k) for k in image.GetMetaDataKeys() if not k.startswith("ITK_original_")}
+
+    assert header(loaded) == header(itk) and len(header(itk)) > 10
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    assert (_float_nifti_once(path, reader) is not None) == (dtype[1] == "f")  # floats take the one-pass path
+
+
+def test_nifti_read_once_falls_back_to_itk_for_scaled_and_4d(tmp_path):
+    from uad_label.io import _float_nifti_once
+
+    values = np.random.default_rng(1).random((6, 7, 8)).astype(np.float32)
+    for name, array, scaling in (("scaled", values, (2.0, 1.0)), ("one_volume", values[..., None], None)):
+        path = _nifti(tmp_path / f"{name}.nii.gz", array, np.eye(4), "<f4", scaling)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        assert _float_nifti_once(path, reader) is None
+        _same(load_image(path), _itk_reading(path))
+
+
+@pytest.mark.parametrize("name", ["nan.nii.gz", "nan.nii", "nan_4d.nii.gz", "nan_scaled.nii.gz"])
+def test_nifti_with_nan_is_refused_naming_the_count(tmp_path, name):
+    values = np.random.default_rng(2).random((6, 7, 8)).astype(np.float32)
+    values[1, 2, 3] = values[2, 2, 2] = np.nan
+    array = values[..., None] if "4d" in name else values
+    path = _nifti(tmp_path / name, array, np.eye(4), "<f4", (2.0, 0.0) if "scaled" in name else None)
+    assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).any()  # ITK alone would say nothing
+    with pytest.raises(InputError, match=rf"{name}: 2 voxel\(s\) are NaN; expected finite intensities"):
+        load_image(path)

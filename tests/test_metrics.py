@@ -98,3 +98,22 @@ def test_pooled_evaluation_rejects_nan():
     score[1, 1, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         evaluate_maps([score], [np.zeros((3, 3, 3), bool)])
+
+
+def test_pooled_ranking_of_unmerged_volumes_equals_the_merged_ranking():
+    """PooledEvaluation ranks the volumes' samples without merging equal (score, label) pairs first: the
+    cumulative counts at each distinct score, hence AUROC and AUPRC, are exactly those of the merged samples."""
+    from uad_label.evaluation.metrics import auroc_auprc, ranking_curve
+
+    rng = np.random.default_rng(7)
+    maps = [np.round(rng.random((10, 9, 8)), 2).astype(np.float32) for _ in range(4)]  # ties across volumes
+    gts = [rng.random(m.shape) < 0.1 + 0.4 * m for m in maps]
+    ev = evaluate_maps(maps, gts, n_thresholds=10)
+    assert len(ev.samples) == 4  # not merged
+    merged = ranking_curve(*merge_samples([weighted_samples(m, g) for m, g in zip(maps, gts)]))
+    fps, tps = ev.ranking()
+    assert fps.size == merged[0].size < sum(s[0].size for s in ev.samples)  # equal scores were added up
+    np.testing.assert_array_equal(fps, merged[0])
+    np.testing.assert_array_equal(tps, merged[1])
+    result = ev.result()
+    assert (result["auroc"], result["auprc"]) == auroc_auprc(*merged)

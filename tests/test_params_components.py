@@ -129,3 +129,25 @@ def test_server_task_takes_the_routes_validated_parameters(monkeypatch, tmp_path
     with pytest.raises(TypeError):  # parameters of another detector are validated anew (here: the stub)
         tasks.run_infer_request("flair_threshold", other)
     assert len(calls) == 1
+
+
+def test_detect_without_findings_gives_the_same_map_mask_and_scores():
+    """`findings=False` (uad evaluate) leaves out the findings table, the slice scores and the finalize hook;
+    the map, the mask and every other entry of the result are those of the full result."""
+    from phantoms import brain_phantom
+
+    from uad_label.detectors import get_detector
+
+    img, _ = brain_phantom(seed=3)
+    det = get_detector("flair_threshold")
+    full = det.detect({"FLAIR": img}, {"preprocessed": True, "threshold": 0.9})
+    lean = det.detect({"FLAIR": img}, {"preprocessed": True, "threshold": 0.9}, findings=False)
+    assert len(full.info["components"]) >= 1 and lean.info["component_count"] == len(full.info["components"])
+    for image in ("anomaly_map", "mask"):
+        np.testing.assert_array_equal(sitk.GetArrayViewFromImage(getattr(lean, image)),
+                                      sitk.GetArrayViewFromImage(getattr(full, image)))
+    np.testing.assert_array_equal(lean.component_ids > 0, full.component_ids > 0)
+    skipped = {"components", "slice_scores", "latencies"}
+    assert {k: v for k, v in full.info.items() if k not in skipped} == \
+        {k: v for k, v in lean.info.items() if k not in skipped | {"component_count"}}
+    assert "components" not in lean.info and "slice_scores" not in lean.info

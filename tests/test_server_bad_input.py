@@ -165,6 +165,8 @@ REQUESTS = {
                                   data={"params": json.dumps({"tresh": 0.5})}), 422, "unknown parameter"),
     "train_unknown_option": (_post("/train/baur_ae", json={"nope": 1}), 422, "nope"),
     "train_unknown_config": (_post("/train/baur_ae", json={"config": "huge"}), 422, "config"),
+    "train_bad_nproc_zero": (_post("/train/baur_ae", json={"nproc": 0}), 422, "nproc"),
+    "train_bad_nproc_word": (_post("/train/baur_ae", json={"nproc": "two"}), 422, "nproc"),
     # out-of-range values
     "infer_negative_size": (_post("/infer/flair_threshold", params={"image": "case01_FLAIR"},
                                   data={"params": json.dumps({"min_component_mm3": -3})}), 422, "min_component_mm3"),

@@ -226,6 +226,37 @@ def test_outlier_class_keeps_lesions_out_of_the_tissue_estimates():
     assert np.abs(robust.means - means).max() < 0.02 < np.abs(plain.means - means).max()
 
 
+
+def test_neighbour_sum_into_a_reused_buffer_equals_a_fresh_one():
+    p = np.random.default_rng(3).random((4, 7, 6, 5)).astype(np.float32)
+    fresh = neighbour_sum(p)
+    buf = np.full_like(p, 99.0)  # stale content from an earlier E-step must not leak in
+    out = neighbour_sum(p, out=buf)
+    assert out is buf and np.array_equal(out, fresh)
+    assert fresh[0, 0, 0, 0] == p[0, 1, 0, 0] + p[0, 0, 1, 0] + p[0, 0, 0, 1]
+
+
+def test_priors_on_the_template_grid_are_the_template_layers_without_resampling(monkeypatch):
+    """Registered raw input works on the template's own grid: the priors are the (smoothed) template
+    layers as they are (no resampling is run), equal to what resampling them onto that grid gives."""
+    from uad_label.preprocess.case import grid_from_affine
+    from uad_label.preprocess.geometry import ras_affine
+    from uad_label.tissue import atlas
+
+    layers = atlas._template_priors(2.0)
+    aff, shape = ras_affine(layers[0]), tuple(layers[0].GetSize())
+    atlas._priors_on.cache_clear()
+    with monkeypatch.context() as m:
+        m.setattr(sitk, "Resample", lambda *a, **k: pytest.fail("the template grid was resampled"))
+        direct = atlas._priors_on(tuple(aff.ravel()), shape, 2.0)
+    grid = grid_from_affine(aff, shape)
+    resampled = np.stack([image_to_xyz(sitk.Resample(im, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                     sitk.sitkFloat32)) for im in layers])
+    assert direct.shape == (3, *shape) and direct.dtype == np.float32
+    assert np.array_equal(direct, resampled)
+    assert 0.9 < float(direct.sum(0).max()) < 1.1
+
+
 # ---- front ends -------------------------------------------------------------------------------
 def uad(*args):
     return subprocess.run([sys.executable, "-m", "uad_label.cli.main", *args], capture_output=True, encoding="utf-8",

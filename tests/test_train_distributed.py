@@ -57,10 +57,11 @@ def test_two_processes_with_batch_b_train_like_one_with_batch_2b(tmp_path, monke
     np.testing.assert_allclose(list(c2["thresholds"].values()), list(c1["thresholds"].values()), rtol=RTOL_EVAL)
 
 
-def test_nproc_is_refused_for_single_process_trainers(tmp_path):
-    assert supports("baur_ae") and supports("ae3d") and not supports("ppr")
-    with pytest.raises(ValueError, match="nproc: the ppr trainer runs in one process only"):
-        from uad_label.training.distributed import launch
+def test_every_trainer_supports_nproc_and_a_bad_nproc_is_refused(tmp_path, monkeypatch):
+    from uad_label.training import distributed, trainers
 
-        launch(2, ["train", "ppr", "--data", str(tmp_path)], "ppr")
+    assert [n for n in trainers() if not supports(n)] == []
     assert main(["train", "ppr", "--data", str(tmp_path), "--nproc", "0"]) == 2
+    monkeypatch.setattr(distributed, "supports", lambda name: name != "ppr")  # a trainer without DISTRIBUTED
+    with pytest.raises(ValueError, match="nproc: the ppr trainer runs in one process only"):
+        distributed.launch(2, ["train", "ppr", "--data", str(tmp_path)], "ppr", "cpu")

@@ -51,6 +51,11 @@ def _stem(name: str) -> str:
     return name[: len(name) - len(ext)] if ext else name
 
 
+def image_id(path: str | os.PathLike) -> str:
+    """A file's image id as MONAI Label's datastore names it: the file name without its image extension."""
+    return _stem(Path(path).name)
+
+
 def modality_of_name(name: str) -> str | None:
     """Canonical modality named by a file stem or folder name, or None (unknown or ambiguous)."""
     low = name.lower()
@@ -224,15 +229,38 @@ def find_cases(root: str | os.PathLike, require_gt: bool = False) -> list[Case]:
     return sorted(cases, key=lambda c: c.case_id)
 
 
-def final_label(root: str | os.PathLike, case_id: str, images: dict[str, Path]) -> Path | None:
-    """The approved label of a case in a MONAI Label datastore at `root` (labels/final/<image id>.*, where the
-    image id is the file name of one of the case's images without its extension, or the case id), or None."""
-    final = Path(root) / "labels" / "final"
-    if not final.is_dir():
+#: Label tags MONAI Label itself uses: approved labels (`final`) and saved inference results (`original`).
+#: Pseudo-labels carry their own tag (the detector's name by default) and never one of these.
+FINAL_TAG = "final"
+RESERVED_TAGS = frozenset({FINAL_TAG, "original"})
+
+
+def label_of(root: str | os.PathLike, case_id: str, images: dict[str, Path], tag: str = FINAL_TAG) -> Path | None:
+    """The label of a case with `tag` in a datastore at `root` (labels/<tag>/<image id>.*, where the image id is
+    the file name of one of the case's images without its extension, or the case id), or None."""
+    folder = Path(root) / "labels" / tag
+    if not folder.is_dir():
         return None
     stems = [Path(p).name for p in images.values()] + [case_id]
-    for f in _image_files(final):
+    for f in _image_files(folder):
         stem = _stem(f.name)
         if any(s == stem or s.startswith(stem + ".") for s in stems):
             return f
+    return None
+
+
+def final_label(root: str | os.PathLike, case_id: str, images: dict[str, Path]) -> Path | None:
+    """The approved label of a case (labels/final/...), or None."""
+    return label_of(root, case_id, images, FINAL_TAG)
+
+
+def best_label(root: str | os.PathLike, case_id: str, images: dict[str, Path],
+               tags: Iterable[str] = (FINAL_TAG,)) -> tuple[str, Path] | None:
+    """(tag, file) of the first of `tags` the case has a label for. The approved `final` label always comes
+    first, whatever order the pseudo-label tags are given in: an annotator's label wins over any detector's."""
+    order = [FINAL_TAG] + [t for t in tags if t != FINAL_TAG]
+    for tag in order:
+        found = label_of(root, case_id, images, tag)
+        if found is not None:
+            return tag, found
     return None

@@ -87,25 +87,25 @@ def _json_default(o):
 
 
 def summarise(native_map: sitk.Image, native_brain: sitk.Image, threshold: float,
-              min_component_mm3: float = 20.0, connectivity: int = 26) -> tuple[sitk.Image, dict, np.ndarray]:
+              min_component_mm3: float = 20.0, connectivity: int = 26,
+              findings: bool = True) -> tuple[sitk.Image, dict, np.ndarray]:
     """Mask, findings and scores of a float map in its own (native) grid, and the (k, j, i) image of
     component ids (each finding's voxels hold its `id`; labelled once, reused by detectors' hooks).
 
     Works on SimpleITK's (k, j, i) array views to avoid transposed copies of the volume; indices
-    in the JSON are reported as (i, j, k)."""
+    in the JSON are reported as (i, j, k). `findings=False` (`uad evaluate`, which scores the mask only)
+    leaves out the findings table and the slice scores: info has `component_count` instead of `components`
+    and no `slice_scores`, the ids are the components' labels in scan order; mask, image score, volume and
+    the rest are the same."""
     scores = sitk.GetArrayViewFromImage(native_map)
     brain = sitk.GetArrayViewFromImage(native_brain) > 0
     vv = voxel_volume_mm3(native_map)
     labels, n = threshold_labels(scores, threshold, min_component_mm3, vv, connectivity, brain)
-    rows, ids = component_rows(labels, n, scores, vv, lambda kji: index_to_ras(native_map, kji[:, ::-1]))
+    if findings:
+        rows, ids = component_rows(labels, n, scores, vv, lambda kji: index_to_ras(native_map, kji[:, ::-1]))
+    else:
+        rows, ids = None, labels
     mask = ids > 0
-    axis = superior_axis(native_map)
-    kji_axis = 2 - axis
-    per_slice = slice_scores(scores, mask, brain, kji_axis)
-    centres = slice_centres(native_map.GetSize(), axis)  # (i, j, k)
-    for r in rows:
-        r["centroid_index"] = r["centroid_index"][::-1]
-        r["bbox_index"] = [b[::-1] for b in r["bbox_index"]]
     inside = scores[brain]
     info = {
         "threshold": float(threshold),
@@ -114,10 +114,19 @@ def summarise(native_map: sitk.Image, native_brain: sitk.Image, threshold: float
         "map_range": [float(inside.min()), float(inside.max())] if inside.size else [0.0, 0.0],
         "image_score": image_score(scores, mask, brain),
         "anomalous_volume_ml": float(mask.sum() * vv / 1000.0),
-        "components": rows,
-        "slice_scores": {"axis": axis, "values": per_slice.round(6).tolist(),
-                         "positions_ras": index_to_ras(native_map, centres).round(3).tolist()},
     }
+    if findings:
+        axis = superior_axis(native_map)
+        per_slice = slice_scores(scores, mask, brain, 2 - axis)
+        centres = slice_centres(native_map.GetSize(), axis)  # (i, j, k)
+        for r in rows:
+            r["centroid_index"] = r["centroid_index"][::-1]
+            r["bbox_index"] = [b[::-1] for b in r["bbox_index"]]
+        info["components"] = rows
+        info["slice_scores"] = {"axis": axis, "values": per_slice.round(6).tolist(),
+                                "positions_ras": index_to_ras(native_map, centres).round(3).tolist()}
+    else:
+        info["component_count"] = int(n)
     mask_image = sitk.GetImageFromArray(mask.astype(np.uint8))
     mask_image.CopyInformation(native_map)
     return mask_image, info, ids

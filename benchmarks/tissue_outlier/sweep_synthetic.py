@@ -26,6 +26,7 @@ SETTINGS = [
     ("default: posterior, FLAIR+T1+T2, atlas, beta 0.3, outlier prior 0.01, sign FLAIR, fit stride 2",
      "tissue_outlier", {}),
     ("fit on every voxel (fit_stride 1)", "tissue_outlier", {"fit_stride": 1}),
+    ("fit on every 3rd voxel per axis (fit_stride 3; added later for speed)", "tissue_outlier", {"fit_stride": 3}),
     ("FLAIR only", "tissue_outlier", {"channels": "FLAIR"}),
     ("score = Mahalanobis distance", "tissue_outlier", {"score": "mahalanobis"}),
     ("FLAIR only, Mahalanobis", "tissue_outlier", {"channels": "FLAIR", "score": "mahalanobis"}),

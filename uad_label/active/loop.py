@@ -71,6 +71,8 @@ class LabelLoop:
 
     def _score(self, force: bool):
         for name, method in self.app._scoring_methods.items():
+            if not getattr(method, "automatic", True):  # e.g. pseudo-labelling: only when asked for
+                continue
             request = {"method": name, "force": force}
             method(request, self.app.datastore())
 

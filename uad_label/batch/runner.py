@@ -38,6 +38,11 @@ def _safe_name(case_id: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in case_id).lstrip(".") or "case"
 
 
+def case_folder(out: str | os.PathLike, case_id: str) -> Path:
+    """Where a batch run writes (or wrote) the outputs of `case_id` under `out`."""
+    return Path(out) / _safe_name(case_id)
+
+
 def finished(case_dir: Path) -> bool:
     return (case_dir / "result.json").is_file() and (case_dir / "report.png").is_file()
 

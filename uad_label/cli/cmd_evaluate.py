@@ -11,7 +11,8 @@ DATA_DIR holds one folder per case (FLAIR, T1, T2 files and a GT file, any suppo
 or is a datastore written by `uad sample-data` (<case>_FLAIR.nii.gz ... and ground_truth/)."""
 EPILOG = """example:
   mkdir -p cases && ln -s $PWD/../shared/data/mslub/patient26 cases/
-  uad evaluate flair_threshold cases --preprocessed --out out/eval"""
+  uad evaluate flair_threshold cases --preprocessed --out out/eval
+  uad evaluate samseg cases --results out/batch_samseg --out out/eval_samseg   # maps of an earlier batch run"""
 
 
 def add_arguments(p):
@@ -22,6 +23,9 @@ def add_arguments(p):
     p.add_argument("--out", default=None, help="output folder for metrics.json and pr_curve.png")
     p.add_argument("--thresholds", type=int, default=100, help="number of thresholds (default 100, as published)")
     p.add_argument("--save-maps", action="store_true", help="also write each case's map, mask and JSON under OUT/cases")
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="score the results a `uad batch` / `uad pseudo-label` run of this detector wrote to DIR "
+                        "instead of running it (give the parameters of that run: the filter must match)")
     add_param_options(p)
 
 
@@ -31,7 +35,7 @@ def run(args) -> int:
     if args.thresholds < 2:
         raise ValueError(f"--thresholds: expected at least 2, received {args.thresholds}")
     metrics = evaluate(args.detector, args.data_dir, args.out, collect_params(args), args.thresholds,
-                       save_maps=args.save_maps)
+                       save_maps=args.save_maps, results_dir=args.results)
     print(format_table(metrics))
     if args.out:
         print(f"wrote {args.out}/metrics.json and {args.out}/pr_curve.png")

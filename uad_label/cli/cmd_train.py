@@ -31,6 +31,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nproc", type=int, default=1,
                    help="processes (torchrun, one per GPU on a GPU machine); default 1")
+    p.add_argument("--summary", default=None, metavar="PATH", help="also write the summary JSON to PATH (rank 0)")
 
 
 def _argv(args) -> list[str]:
@@ -40,6 +41,7 @@ def _argv(args) -> list[str]:
         argv += ["--data", d]
     for item in args.set:
         argv += ["--set", item]
+    argv += ["--summary", args.summary] if args.summary else []
     return argv + (["--out", args.out] if args.out else [])
 
 
@@ -49,7 +51,7 @@ def run(args) -> int:
     from ..training import TrainRequest, distributed, train
 
     if args.nproc != 1 and not distributed.launched():
-        return distributed.launch(args.nproc, _argv(args), args.model)
+        return distributed.launch(args.nproc, _argv(args), args.model, args.device)
     main_rank = int(os.environ.get("RANK", "0")) == 0
 
     overrides = {}
@@ -72,4 +74,6 @@ def run(args) -> int:
                                                  progress, args.seed))
     if main_rank:
         print(json.dumps(summary, indent=2, default=str))
+        if args.summary:
+            Path(args.summary).write_text(json.dumps(summary, default=str), encoding="utf-8")
     return 0

@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "evaluate a detector on a folder of cases with ground truth (Meissen et al. protocol)"),
     "batch": ("uad_label.cli.cmd_batch",
               "run a detector over every case of a folder: maps, masks, reports, summary CSV, overview"),
+    "pseudo-label": ("uad_label.cli.cmd_pseudo_label",
+                     "store a detector's masks and maps of the unlabelled cases as pseudo-labels (own tag)"),
     "train": ("uad_label.cli.cmd_train",
               "train a learned detector on healthy data (demo CPU or full GPU configuration)"),
     "calibrate": ("uad_label.cli.cmd_calibrate", "default threshold and fusion weights from approved labels"),

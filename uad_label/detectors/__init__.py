@@ -12,6 +12,7 @@ _REGISTRY: dict[str, str] = {
     "inpainting_fast": "uad_label.detectors.inpainting:InpaintingFastDetector",
     "patchddm": "uad_label.detectors.patchddm:PatchDDM",
     "ppr": "uad_label.detectors.ppr:PatchPositionRegression",
+    "segresnet": "uad_label.detectors.segresnet:SegResNetSegmenter",
     "tissue_outlier": "uad_label.detectors.tissue_outlier:TissueOutlier",
     "fusion": "uad_label.detectors.fusion:Fusion",
     "baur_ae": "uad_label.detectors.baur_ae:BaurAE",

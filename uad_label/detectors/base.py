@@ -119,7 +119,10 @@ class Detector(ABC):
                 raise InputError(f"images['{mod}']: expected finite intensities, received NaN or infinity")
 
     def detect(self, images: Mapping[str, sitk.Image | str | Path], params: Mapping | None = None,
-               progress: Progress | None = None, brain_mask: sitk.Image | None = None) -> DetectionResult:
+               progress: Progress | None = None, brain_mask: sitk.Image | None = None,
+               findings: bool = True) -> DetectionResult:
+        """The result in the grid of the scan. `findings=False` (`uad evaluate`: it scores the mask) skips the
+        findings table, the slice scores and the `finalize` hook (per-finding statistics): see results.summarise."""
         from ..io import load_image
         from ..preprocess import PreprocessOptions, RegistrationError, preprocess
 
@@ -127,8 +130,10 @@ class Detector(ABC):
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         p = self.validate(params)
-        loaded = {m: (v if isinstance(v, sitk.Image) else load_image(v)) for m, v in images.items()}
-        loaded = {m: loaded[m] for m in (*self.modalities, *self.optional_modalities) if m in loaded}
+        # only the modalities this detector uses are read (a case folder's T1POST, or the T1/T2 of a
+        # FLAIR-only detector, would be decompressed for nothing)
+        loaded = {m: (images[m] if isinstance(images[m], sitk.Image) else load_image(images[m]))
+                  for m in (*self.modalities, *self.optional_modalities) if m in images}
         self.check_inputs(loaded)
         timings["load"] = time.perf_counter() - t0
 
@@ -174,7 +179,7 @@ class Detector(ABC):
         native_map = sitk.Cast(case.to_native(work_map, interpolation="linear"), sitk.sitkFloat32)
         native_brain = case.to_native(case.brain.astype(np.uint8), interpolation="nearest")
         mask, info, component_ids = summarise(native_map, native_brain, threshold, p["min_component_mm3"],
-                                              p["connectivity"])
+                                              p["connectivity"], findings=findings)
         extras = {name: sitk.Cast(case.to_native(np.asarray(a, np.float32), interpolation="linear"), sitk.sitkFloat32)
                   for name, a in out.extras.items()}
         timings["postprocess"] = time.perf_counter() - t
@@ -185,7 +190,8 @@ class Detector(ABC):
                 "preprocessing": getattr(case, "registration", {}), "contrast": contrast, **out.info}
         result = DetectionResult(native_map, mask, info, extras, brain=sitk.Cast(native_brain, sitk.sitkUInt8),
                                  component_ids=component_ids)
-        self.finalize(result, case, p)
+        if findings:
+            self.finalize(result, case, p)
         return result
 
 

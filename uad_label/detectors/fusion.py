@@ -204,11 +204,11 @@ class Fusion(Detector):
         common = {k: params[k] for k in ("preprocessed", "bias_correction", "check_contrast")}
         return get_detector(name).validate({**common, **own})
 
-    def detect(self, images, params=None, progress=None, brain_mask=None):
+    def detect(self, images, params=None, progress=None, brain_mask=None, findings=True):
         p = self.validate(params)
         token = _INPUT_KEY.set(input_key(images, p, brain_mask))
         try:
-            return super().detect(images, p, progress, brain_mask)
+            return super().detect(images, p, progress, brain_mask, findings)
         finally:
             _INPUT_KEY.reset(token)
 

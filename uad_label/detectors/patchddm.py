@@ -130,15 +130,21 @@ class PatchDDM(Detector):
     def finalize(self, result, case, params):
         """Uncertainty summaries: over the brain, and per finding."""
         t = time.perf_counter()
-        unc = result.extras["uncertainty"]
-        brain = sitk.GetArrayViewFromImage(result.brain) > 0
-        u = sitk.GetArrayViewFromImage(unc)
+        add_uncertainty_summary(result, result.extras["uncertainty"])
         info = result.info
-        info["mean_uncertainty"] = float(u[brain].mean()) if brain.any() else 0.0
-        info["uncertain_volume_ml"] = float(u[brain].sum() * np.prod(unc.GetSpacing()) / 1000.0)
-        add_component_uncertainty(info["components"], result.component_ids, u)
         info["latencies"]["sampling"] = info["sampling_seconds"]
         info["latencies"]["uncertainty"] = round(time.perf_counter() - t, 4)
+
+
+def add_uncertainty_summary(result, unc: sitk.Image) -> None:
+    """The uncertainty map summarised into the result's info: over the brain (`mean_uncertainty`, what
+    `most_uncertain` ranks by; `uncertain_volume_ml`) and per finding. Shared by the segmenters."""
+    brain = sitk.GetArrayViewFromImage(result.brain) > 0
+    u = sitk.GetArrayViewFromImage(unc)
+    info = result.info
+    info["mean_uncertainty"] = float(u[brain].mean()) if brain.any() else 0.0
+    info["uncertain_volume_ml"] = float(u[brain].sum() * np.prod(unc.GetSpacing()) / 1000.0)
+    add_component_uncertainty(info["components"], result.component_ids, u)
 
 
 def add_component_uncertainty(rows: list[dict], component_ids: np.ndarray, unc: np.ndarray):

@@ -66,7 +66,8 @@ class TissueOutlier(Detector):
         progress(0.05, "tissue priors")
         box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(brain))
         m = brain[box]
-        scales = {mod: float(np.median(case.arrays[mod][brain])) or 1.0 for mod in mods}  # robust to lesions
+        # each channel over its brain median (robust to lesions), taken on the brain's box only
+        scales = {mod: float(np.median(case.arrays[mod][box][m])) or 1.0 for mod in mods}
         chan = np.stack([np.asarray(case.arrays[mod][box], np.float32) / np.float32(scales[mod]) for mod in mods])
         priors = tissue_priors(case, params["atlas_smoothing_mm"]) if params["atlas"] else None
         k = len(CLASSES)
@@ -76,7 +77,7 @@ class TissueOutlier(Detector):
                 + params["atlas_floor"] / k
         x = chan[:, m]
         # uniform density over the box of the channels' robust range
-        lo, hi = np.percentile(x, 0.1, axis=1), np.percentile(x, 99.9, axis=1)
+        lo, hi = np.percentile(x, (0.1, 99.9), axis=1)
         density = 1.0 / float(np.prod(np.maximum(hi - lo, 1e-3)))
         common = {"beta": params["beta"], "outlier_prior": params["outlier_prior"], "outlier_density": density}
         # parameters are fitted on every fit_stride-th voxel per axis (1/8 of them at 2: same estimates,

@@ -5,6 +5,7 @@ thresholding; AUPRC and AUROC over voxels (scikit-learn); plus per-case Dice at 
 threshold."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -13,16 +14,20 @@ import SimpleITK as sitk
 
 from ..cases import find_cases
 from ..detectors import get_detector
+from ..errors import InputError
 from ..io import load_image
 from ..results import write_json_atomic
 from .metrics import PooledEvaluation, dice
 
 
 def evaluate(detector: str, data_dir: str | Path, out_dir: str | Path | None = None, params: dict | None = None,
-             n_thresholds: int = 100, progress: bool = True, save_maps: bool = False) -> dict:
+             n_thresholds: int = 100, progress: bool = True, save_maps: bool = False,
+             results_dir: str | Path | None = None) -> dict:
+    """`results_dir`: score the results a `uad batch` or `uad pseudo-label` run wrote there (<case>/map.nii.gz,
+    mask.nii.gz, result.json) instead of running the detector (e.g. SAMSEG's maps, 20 minutes per case)."""
     from tqdm import tqdm
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     det = get_detector(detector)
     p = det.validate(params)
     cases = find_cases(data_dir, require_gt=True)
@@ -30,8 +35,17 @@ def evaluate(detector: str, data_dir: str | Path, out_dir: str | Path | None = N
     bar = tqdm(cases, desc=f"evaluate {detector}", unit="case", disable=not progress)
     for case in bar:
         bar.set_postfix_str(case.case_id)
-        tc = time.perf_counter()
-        result = det.detect(case.images, p, progress=lambda f, m: None)
+        tc, cc = time.perf_counter(), time.process_time()
+        # the mask is what is scored: the findings table and slice scores only for the saved results' JSON
+        result = (stored_result(results_dir, case.case_id, detector) if results_dir is not None
+                  else det.detect(case.images, p, progress=lambda f, m: None, findings=save_maps))
+        info = result.info
+        if results_dir is not None:
+            for key in ("min_component_mm3", "connectivity"):  # the pooled curve's filter must be the run's
+                if key in info and info[key] != p[key]:
+                    raise InputError(f"{key}: case {case.case_id!r} was stored with {info[key]!r}, the evaluation "
+                                     f"asks for {p[key]!r}: pass the stored run's parameters")
+        n_components = len(info["components"]) if "components" in info else info["component_count"]
         gt_img = load_image(case.gt)
         if gt_img.GetSize() != result.anomaly_map.GetSize():
             raise ValueError(f"case {case.case_id}: ground truth {case.gt} has size {gt_img.GetSize()}, "
@@ -41,10 +55,11 @@ def evaluate(detector: str, data_dir: str | Path, out_dir: str | Path | None = N
         score = sitk.GetArrayFromImage(result.anomaly_map)
         gt = sitk.GetArrayViewFromImage(gt_img) > 0.5
         mask = sitk.GetArrayViewFromImage(result.mask) > 0
-        rows.append({"case": case.case_id, "dice_default": dice(mask, gt), "threshold": result.info["threshold"],
+        rows.append({"case": case.case_id, "dice_default": dice(mask, gt), "threshold": info["threshold"],
                      "gt_ml": float(gt.sum() * np.prod(gt_img.GetSpacing()) / 1000.0),
-                     "detected_ml": result.info["anomalous_volume_ml"], "image_score": result.info["image_score"],
-                     "components": len(result.info["components"]), "seconds": time.perf_counter() - tc})
+                     "detected_ml": info["anomalous_volume_ml"], "image_score": info["image_score"],
+                     "components": n_components, "seconds": time.perf_counter() - tc,
+                     "cpu_seconds": time.process_time() - cc})
         if save_maps and out_dir is not None:
             result.save(Path(out_dir) / "cases" / case.case_id)
         maps.append(score)
@@ -58,7 +73,6 @@ def evaluate(detector: str, data_dir: str | Path, out_dir: str | Path | None = N
     res = pooled.result()
     metrics = {"detector": detector, "dsc_upper": res["dsc_upper"], "auprc": res["auprc"], "auroc": res["auroc"],
                "best_threshold": res["best_threshold"], "cases": len(cases),
-               "seconds": time.perf_counter() - t0,
                "dice_default_mean": float(np.mean([r["dice_default"] for r in rows])),
                "per_case": rows, "dice_curve": res["dice_curve"], "params": p}
     if out_dir is not None:
@@ -69,8 +83,28 @@ def evaluate(detector: str, data_dir: str | Path, out_dir: str | Path | None = N
         precision, recall = pooled.pr_curve()
         plot_curves(precision, recall, pooled.thresholds, pooled.dice_curve(),
                     f"{detector} on {Path(data_dir).name} ({len(cases)} cases)", out / "pr_curve.png", res["auprc"])
+    # the whole evaluation: the cases, the pooled metrics and the outputs (but metrics.json's own writing)
+    metrics["seconds"] = time.perf_counter() - t0
+    metrics["cpu_seconds"] = time.process_time() - c0
+    if out_dir is not None:
         write_json_atomic(metrics, out / "metrics.json")
     return metrics
+
+
+def stored_result(results_dir: str | Path, case_id: str, detector: str):
+    """The result of `case_id` as a batch run stored it, checked to come from `detector`."""
+    from ..batch.runner import case_folder, finished
+    from ..results import DetectionResult
+
+    folder = case_folder(results_dir, case_id)
+    if not finished(folder):
+        raise InputError(f"results: no finished result of case {case_id!r} in {results_dir} (expected "
+                         f"{folder.name}/map.nii.gz, mask.nii.gz and result.json, as `uad batch` writes them)")
+    info = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    if info.get("detector") != detector:
+        raise InputError(f"results: case {case_id!r} in {results_dir} comes from {info.get('detector')!r}, "
+                         f"not {detector!r}")
+    return DetectionResult(load_image(folder / "map.nii.gz"), load_image(folder / "mask.nii.gz"), info)
 
 
 def _voxels(min_component_mm3: float) -> int:

@@ -75,7 +75,8 @@ def merge_samples(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
 
 def ranking_curve(scores: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(false positives, true positives) above each distinct score, highest score first (weighted):
-    scikit-learn's binary classification curve, from one stable sort."""
+    scikit-learn's binary classification curve, from one stable sort. Samples may repeat a (score, label) pair
+    (several volumes' samples, unmerged): their weights add up in the cumulative sums."""
     order = np.argsort(-np.asarray(scores, np.float64), kind="mergesort")
     s = np.asarray(scores)[order]
     y = np.asarray(labels, bool)[order]
@@ -148,10 +149,15 @@ class PooledEvaluation:
         }
 
     def ranking(self) -> tuple[np.ndarray, np.ndarray]:
-        """The pooled ranking curve (computed once; result() and pr_curve() share it)."""
+        """The pooled ranking curve (computed once; result() and pr_curve() share it). The volumes' samples are
+        ranked as they are, not merged first: ranking_curve adds up equal scores anyway (the counts are whole
+        numbers, so the sums are exact), and each volume's samples come sorted, which the stable sort (timsort)
+        merges as runs: 0.2 s instead of 1.0 s for six volumes (benchmarks/evaluation/README.md)."""
         if self._ranking is None:
-            self.samples = [merge_samples(self.samples)]
-            self._ranking = ranking_curve(*self.samples[0])
+            if len(self.samples) == 1:
+                self._ranking = ranking_curve(*self.samples[0])
+            else:
+                self._ranking = ranking_curve(*(np.concatenate([part[i] for part in self.samples]) for i in range(3)))
         return self._ranking
 
     def pr_curve(self) -> tuple[np.ndarray, np.ndarray]:

@@ -94,13 +94,10 @@ def load_image(path: str | os.PathLike, series_id: str | None = None) -> sitk.Im
                 f"or a DICOM series directory")
         if ext == ".dcm":
             image = _read_dicom_series(p.parent, series_id, file_in_series=p)
+        elif ext in (".nii", ".nii.gz"):
+            image = _read_nifti(p, ext)
         else:
-            try:
-                image = sitk.ReadImage(str(p))
-            except RuntimeError as exc:
-                first = str(exc).strip().splitlines()
-                detail = next((line for line in first if "rror" in line or "annot" in line), first[-1] if first else "")
-                raise InputError(f"{p}: unreadable {ext} image ({detail.strip()})") from exc
+            image = _itk_read(p, ext)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(
             f"{p}: has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
@@ -114,14 +111,97 @@ def load_image(path: str | os.PathLike, series_id: str | None = None) -> sitk.Im
         raise InputError(f"{p}: image is {dim}D with size {image.GetSize()}; a 3D volume is needed")
     if min(image.GetSize()) < 2:
         raise InputError(f"{p}: image size {image.GetSize()} is a single slice; a 3D volume is needed")
-    if not p.is_dir() and image_extension(p) in (".nii", ".nii.gz"):
+    return image
+
+
+def _unreadable(p: Path, ext: str, exc: RuntimeError) -> InputError:
+    first = str(exc).strip().splitlines()
+    detail = next((line for line in first if "rror" in line or "annot" in line), first[-1] if first else "")
+    return InputError(f"{p}: unreadable {ext} image ({detail.strip()})")
+
+
+def _itk_read(p: Path, ext: str, reader: sitk.ImageFileReader | None = None) -> sitk.Image:
+    try:
+        if reader is None:
+            return sitk.ReadImage(str(p))
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise _unreadable(p, ext, exc) from exc
+
+
+def _read_nifti(p: Path, ext: str) -> sitk.Image:
+    """A NIfTI file, its voxels decompressed once. ITK's NIfTI reader turns NaN voxels into 0 without a word
+    (nifti1_io replaces every non-finite float by 0); a scan with NaN is broken input and is refused. Only
+    float files can hold NaN: integer ones are ITK's read alone. A float file is decompressed here, checked,
+    and becomes the SimpleITK image with the geometry and metadata of ITK's own reading of its header
+    (`_float_nifti_once`); a header that path does not cover (scaled, 4D, NIfTI-2) is read by ITK and
+    checked by a second, nibabel, reading (`_refuse_nifti_nan`)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise _unreadable(p, ext, exc) from exc
+    if reader.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64):
+        return _itk_read(p, ext, reader)
+    image = _float_nifti_once(p, reader)
+    if image is None:
+        image = _itk_read(p, ext, reader)
         _refuse_nifti_nan(p)
     return image
 
 
+def _nan_error(path: Path, n: int) -> InputError:
+    return InputError(f"{path}: {n} voxel(s) are NaN; expected finite intensities (fix or mask the scan)")
+
+
+def _float_nifti_once(p: Path, reader: sitk.ImageFileReader) -> sitk.Image | None:
+    """ITK's image of a 3D, unscaled float32/float64 NIfTI-1 file from one decompression (None for any other
+    header): nibabel parses the header, the voxels (stored x fastest, ITK's buffer order) are checked for
+    NaN, infinities become 0 as ITK's reader makes them, and origin, spacing, direction and metadata are those
+    of ITK's reading of the header (`reader`, after ReadImageInformation)."""
+    import gzip
+    import io
+    import zlib
+
+    import nibabel as nib
+    import numpy as np
+
+    data = p.read_bytes()
+    try:
+        if data[:2] == b"\x1f\x8b":
+            data = gzip.decompress(data)
+        hdr = nib.Nifti1Header.from_fileobj(io.BytesIO(data))
+    except (OSError, EOFError, zlib.error, nib.spatialimages.HeaderDataError, ValueError):
+        return None
+    dtype = hdr.get_data_dtype()
+    slope, inter = hdr.get_slope_inter()
+    shape = tuple(int(n) for n in hdr.get_data_shape())
+    offset = int(hdr.get_data_offset())
+    count = int(np.prod(shape)) if shape else 0
+    if (hdr["magic"] != b"n+1" or int(hdr["dim"][0]) != 3 or len(shape) != 3 or dtype.kind != "f"
+            or dtype.itemsize not in (4, 8) or slope not in (None, 1.0) or inter not in (None, 0.0)
+            or offset + count * dtype.itemsize > len(data) or shape != tuple(reader.GetSize())):
+        return None
+    voxels = np.frombuffer(data, dtype, count=count, offset=offset).reshape(shape[::-1])
+    if not np.isfinite(voxels).all():
+        n = int(np.isnan(voxels).sum())
+        if n:
+            raise _nan_error(p, n)
+        voxels = np.where(np.isinf(voxels), 0, voxels)
+    image = sitk.GetImageFromArray(voxels.astype(dtype.newbyteorder("="), copy=False))
+    if image.GetPixelID() != reader.GetPixelID():
+        return None
+    image.SetOrigin(reader.GetOrigin())
+    image.SetSpacing(reader.GetSpacing())
+    image.SetDirection(reader.GetDirection())
+    for key in reader.GetMetaDataKeys():
+        image.SetMetaData(key, reader.GetMetaData(key))
+    return image
+
+
 def _refuse_nifti_nan(path: Path) -> None:
-    """ITK's NIfTI reader turns NaN voxels into 0 without a word; a scan with NaN is broken input
-    and is refused. Only float NIfTI files can hold NaN, so integer scans cost nothing here."""
+    """The second reading of a float NIfTI file that `_float_nifti_once` does not cover: NaN refused."""
     import nibabel as nib
     import numpy as np
 
@@ -130,7 +210,7 @@ def _refuse_nifti_nan(path: Path) -> None:
         return
     n = int(np.isnan(np.asarray(img.dataobj)).sum())
     if n:
-        raise InputError(f"{path}: {n} voxel(s) are NaN; expected finite intensities (fix or mask the scan)")
+        raise _nan_error(path, n)
 
 
 def save_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:

@@ -65,9 +65,15 @@ class CeVAE(nn.Module):
         h = self.to_latent(self.encoder(x))
         return h[:, : self.latent], h[:, self.latent:].clamp(-10, 10)
 
-    def forward(self, x, sample: bool = True):
+    def forward(self, x, sample: bool = True, noise: torch.Tensor | None = None):
+        """`noise`: the reparameterisation's standard normal draws (shape of the latent mean), e.g. drawn per
+        sample so that a batch split over processes samples alike; default torch.randn_like."""
         mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        if sample:
+            eps = torch.randn_like(mu) if noise is None else noise.to(mu.device, mu.dtype).view_as(mu)
+            z = mu + eps * torch.exp(0.5 * logvar)
+        else:
+            z = mu
         return self.decoder(z), mu, logvar
 
 
@@ -90,12 +96,14 @@ def context_masks(x: torch.Tensor, max_squares: int = 3, max_size: int = 128, ge
     return out
 
 
-def loss_terms(net: CeVAE, x: torch.Tensor, x_masked: torch.Tensor):
+def loss_terms(net: CeVAE, x: torch.Tensor, x_masked: torch.Tensor, noise=None):
     """(KL, L1 reconstruction, L1 reconstruction of the masked input), each summed per image and
-    averaged over the batch, as the published ceVAE code reduces them."""
-    rec, mu, logvar = net(x)
+    averaged over the batch, as the published ceVAE code reduces them. `noise`: None, or the latent
+    draws of the two passes (for x, for x_masked)."""
+    n1, n2 = noise if noise is not None else (None, None)
+    rec, mu, logvar = net(x, noise=n1)
     kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).flatten(1).sum(1).mean()
     l1 = (rec - x).abs().flatten(1).sum(1).mean()
-    rec_ce, _, _ = net(x_masked)
+    rec_ce, _, _ = net(x_masked, noise=n2)
     ce = (rec_ce - x).abs().flatten(1).sum(1).mean()
     return kl, l1, ce

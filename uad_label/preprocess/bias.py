@@ -32,7 +32,7 @@ def shrink_factors(spacing, voxel_mm: float) -> list[int]:
 
 
 def n4_bias_correct(image: sitk.Image, mask: sitk.Image | None = None, voxel_mm: float = 6.0,
-                    iterations=(20, 20, 20), convergence: float = 1e-3,
+                    iterations=(10, 10, 10), convergence: float = 1e-3,
                     spline_distance_mm: float = 100.0) -> tuple[sitk.Image, sitk.Image]:
     """N4 bias correction. Returns (corrected float32 image, log bias field) on ``image``'s grid.
 

@@ -64,6 +64,8 @@ class PreprocessOptions:
             they are only resampled, assuming one scanner space). The rigid result is kept only
             if it improves MI over the scanner geometry (identity) and moves no head corner by
             more than ``max_intrastudy_shift_mm``; otherwise identity is used (and reported).
+        intrastudy_sampling_percentage: share of the reference's head voxels (registration grid)
+            sampled by that rigid registration's metric.
         min_mutual_information: quality check, the final Mattes MI must be <= -this (Mattes MI is
             reported negated by ITK: more negative is better).
         min_brain_in_head: quality check, fraction of the template brain (inside the scan's
@@ -81,7 +83,7 @@ class PreprocessOptions:
     brain_mask: sitk.Image | str | os.PathLike | None = None
     spacing: float = 1.0
     n4_voxel_mm: float = 6.0
-    n4_iterations: tuple = (20, 20, 20)
+    n4_iterations: tuple = (10, 10, 10)
     n4_convergence: float = 1e-3
     registration_spacing_mm: float = 2.0
     registration_shrink: tuple = (4, 2, 1)
@@ -97,6 +99,7 @@ class PreprocessOptions:
     seed: int = 1234
     multimodal_registration: bool = True
     max_intrastudy_shift_mm: float = 15.0
+    intrastudy_sampling_percentage: float = 0.05
     min_mutual_information: float = 0.25
     min_brain_in_head: float = 0.90
     min_fov_coverage: float = 0.50

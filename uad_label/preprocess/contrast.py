@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,16 +52,44 @@ class ContrastSignature:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+# the regions computed once, shipped (266 kB): computing them costs 1.1 s of CPU in every process's first
+# case (three template reads and the erosion); tests/test_contrast_check.py checks the file equals
+# compute_template_regions(); write_template_regions() rewrites it
+REGIONS_FILE = Path(__file__).resolve().parents[1] / "assets" / "template_regions.nii.gz"
+
+
 @functools.lru_cache(maxsize=1)
 def _template_regions() -> sitk.Image:
+    """The shipped regions when the file matches the template's grid, else computed."""
+    from ..template import TEMPLATE_FILES, template_data_dir
+
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(template_data_dir() / TEMPLATE_FILES["gm"]))
+    header.ReadImageInformation()
+    if REGIONS_FILE.exists():
+        regions = sitk.ReadImage(str(REGIONS_FILE))
+        if regions.GetSize() == header.GetSize() and regions.GetPixelID() == sitk.sitkUInt8:
+            regions.SetOrigin(header.GetOrigin())  # the template's own geometry, not the NIfTI round trip's
+            regions.SetSpacing(header.GetSpacing())
+            regions.SetDirection(header.GetDirection())
+            return regions
+    return compute_template_regions()
+
+
+def write_template_regions(path: str | Path = REGIONS_FILE) -> Path:
+    from ..io import save_image
+
+    return save_image(compute_template_regions(), path)
+
+
+def compute_template_regions() -> sitk.Image:
     """Label image in template space: 1 WM (p > 0.9), 2 GM (p > 0.7), 3 ventricular CSF (inside the
     brain mask eroded by 12 mm, neither GM nor WM above 0.05), 4 the rest of the brain mask."""
     from ..template import load_template_brain_mask, load_template_gm, load_template_wm
 
     gm = sitk.GetArrayFromImage(load_template_gm())
     wm = sitk.GetArrayFromImage(load_template_wm())
-    brain = sitk.BinaryErode(sitk.Cast(load_template_brain_mask(), sitk.sitkUInt8), [12, 12, 12])
-    core = sitk.GetArrayFromImage(brain) > 0
+    core = eroded_by_ball(load_template_brain_mask(), 12)
     lab = (sitk.GetArrayFromImage(load_template_brain_mask()) > 0).astype(np.uint8) * 4
     lab[wm > 0.9] = 1
     lab[gm > 0.7] = 2
@@ -68,6 +97,18 @@ def _template_regions() -> sitk.Image:
     out = sitk.GetImageFromArray(lab)
     out.CopyInformation(load_template_gm())
     return out
+
+
+def eroded_by_ball(mask: sitk.Image, radius: int) -> np.ndarray:
+    """(k, j, i) bool array of `sitk.BinaryErode(mask, [radius] * 3)` (ITK's ball of `radius` voxels, the image
+    border counting as foreground), from one Maurer distance map: a voxel survives the erosion exactly when no
+    background voxel lies within the ball, whose offsets are those with |d|^2 <= (radius + 1/2)^2 (ITK's
+    FlatStructuringElement::Ball). Three times faster than the erosion on the template (0.44 s against 1.39 s
+    of CPU); tests/test_contrast_check.py checks it equals BinaryErode."""
+    background = sitk.BinaryNot(sitk.Cast(mask > 0, sitk.sitkUInt8))
+    squared = sitk.SignedMaurerDistanceMap(background, insideIsPositive=False, squaredDistance=True,
+                                           useImageSpacing=False, backgroundValue=0)
+    return sitk.GetArrayViewFromImage(squared) > (radius + 0.5) ** 2
 
 
 @functools.lru_cache(maxsize=8)

@@ -161,11 +161,19 @@ def register_to_template(moving: sitk.Image, opts: PreprocessOptions,
 
 
 def register_rigid(fixed: sitk.Image, moving: sitk.Image, opts: PreprocessOptions,
-                   fixed_mask: sitk.Image | None = None, spacing_mm: float = 2.0
-                   ) -> tuple[sitk.AffineTransform, dict]:
+                   fixed_mask: sitk.Image | None = None, spacing_mm: float = 2.0,
+                   moving_mask: sitk.Image | None = None) -> tuple[sitk.AffineTransform, dict]:
     """Rigid registration of two scans of one session (identity start). ``fixed`` is resampled to
     isotropic ``spacing_mm`` (anisotropic slices would not survive shrinking). Returns the
-    transform fixed physical -> moving physical and metric info."""
+    transform fixed physical -> moving physical and metric info. ``moving_mask``: the moving
+    scan's head mask (e.g. the pipeline's, on its block-averaged grid), else computed here.
+
+    The metric's gradients are computed at the sampled points only (ITK's image-gradient filters
+    off) and ``opts.intrastudy_sampling_percentage`` of the head voxels are sampled: on the 8
+    T1W/T2W registrations of the raw clinical studies, 0.39 mm mean error against the dataset's
+    own transforms, 8/8 accepted, 0.67 CPU s each, against 0.43 mm, 4/8 accepted (the optimiser
+    left the identity for worse) and 1.55 CPU s with the filters on and 20 % samples
+    (benchmarks/tissue_outlier/intrastudy.md)."""
 
     t0 = time.perf_counter()
     if fixed_mask is None:
@@ -176,19 +184,26 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, opts: PreprocessOption
     fmask = onto_grid(fixed_mask, grid, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)
     mov = sitk.BinShrink(sitk.Cast(moving, sitk.sitkFloat32),
                          shrink_factors(moving.GetSpacing(), spacing_mm))
-    mov = intensity_for_registration(mov, head_mask(mov))
+    moving_head = head_mask(mov) if moving_mask is None else onto_grid(
+        moving_mask, mov, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)
+    mov = intensity_for_registration(mov, moving_head)
     tr = sitk.Euler3DTransform()
     center = fixed.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in fixed.GetSize()])
     tr.SetCenter(center)
+    def method(shrink, sigmas, iterations, **kw):
+        m = _method(opts, fmask, shrink, sigmas, iterations, **kw)
+        m.SetMetricSamplingPercentage(min(1.0, float(opts.intrastudy_sampling_percentage)), int(opts.seed))
+        m.MetricUseFixedImageGradientFilterOff()
+        m.MetricUseMovingImageGradientFilterOff()
+        return m
+
     def evaluate(transform):
-        ev = _method(opts, fmask, [1], [0.0], 1)
-        ev.SetMetricSamplingPercentage(min(1.0, 4 * float(opts.sampling_percentage)), int(opts.seed))
+        ev = method([1], [0.0], 1)
         ev.SetInitialTransform(transform)
         return float(ev.MetricEvaluate(fix, mov))
 
     identity_metric = evaluate(sitk.Euler3DTransform(tr))
-    reg = _method(opts, fmask, (2, 1), (2.0, 1.0), opts.rigid_iterations, learning_rate=0.5)
-    reg.SetMetricSamplingPercentage(min(1.0, 4 * float(opts.sampling_percentage)), int(opts.seed))
+    reg = method((2, 1), (2.0, 1.0), opts.rigid_iterations, learning_rate=0.5)
     reg.SetInitialTransform(tr, inPlace=True)
     reg.Execute(fix, mov)
     final_metric = evaluate(tr)
@@ -286,7 +301,8 @@ def registered_pipeline(imgs: dict, ref_name: str, user_mask, opts: PreprocessOp
         if k == ref_name:
             continue
         if opts.multimodal_registration:
-            r, ri = register_rigid(corrected[ref_name], corrected[k], opts, fixed_mask=heads[ref_name])
+            r, ri = register_rigid(corrected[ref_name], corrected[k], opts, fixed_mask=heads[ref_name],
+                                   spacing_mm=opts.registration_spacing_mm, moving_mask=heads[k])
             rigid_info[k] = ri
             comp = sitk.CompositeTransform(3)
             comp.AddTransform(r)

@@ -304,6 +304,9 @@ async def scoring(method: str, params: dict | None = None, run_sync: bool = Fals
     methods = sorted(app_instance().info().get("scoring", {}))
     if method not in methods:
         raise InputError(f"method: unknown scoring method {method!r}; available: {methods}", 404)
+    task = getattr(app_instance(), "_scoring_methods", {}).get(method)
+    if hasattr(task, "check_request"):  # refuse bad parameters before anything is queued
+        await run_in_threadpool(task.check_request, params or {})
     if run_sync:
         return await run_in_threadpool(run_method, method, params, True)
     return run_method(method, params, False)

@@ -30,11 +30,15 @@ def _template_priors(smoothing_mm: float) -> tuple[sitk.Image, ...]:
 @functools.lru_cache(maxsize=8)
 def _priors_on(affine: tuple, shape: tuple, smoothing_mm: float) -> np.ndarray:
     from ..preprocess.case import grid_from_affine
-    from ..preprocess.geometry import image_to_xyz
+    from ..preprocess.geometry import image_to_xyz, same_geometry
 
     grid = grid_from_affine(np.asarray(affine).reshape(4, 4), shape)
-    arr = np.stack([image_to_xyz(sitk.Resample(im, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-                    for im in _template_priors(smoothing_mm)])
+    layers = _template_priors(smoothing_mm)
+    if same_geometry(layers[0], grid, tol=1e-6):  # registered raw input: the work grid is the template's
+        arr = np.stack([image_to_xyz(im, np.float32) for im in layers])
+    else:
+        arr = np.stack([image_to_xyz(sitk.Resample(im, grid, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                                   sitk.sitkFloat32)) for im in layers])
     arr.setflags(write=False)  # cached: callers must not change it
     return arr
 

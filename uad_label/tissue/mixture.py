@@ -18,9 +18,13 @@ import numpy as np
 LOG_2PI = float(np.log(2 * np.pi))
 
 
-def neighbour_sum(p: np.ndarray) -> np.ndarray:
-    """Sum of the 6-neighbours of every voxel for each class, p of shape (K, X, Y, Z) (zero padded)."""
-    out = np.zeros_like(p)
+def neighbour_sum(p: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Sum of the 6-neighbours of every voxel for each class, p of shape (K, X, Y, Z) (zero padded).
+    ``out``: an array of p's shape and dtype to write into (reused across E-steps: no new allocation)."""
+    if out is None:
+        out = np.zeros_like(p)
+    else:
+        out.fill(0)
     for axis in (1, 2, 3):
         sl_a = [slice(None)] * 4
         sl_b = [slice(None)] * 4
@@ -93,6 +97,7 @@ def fit_mixture(x: np.ndarray, mask: np.ndarray, *, means=None, covs=None, weigh
     k = mu.shape[0]
     n_cls = k + (1 if outlier_prior > 0 else 0)
     box = np.zeros((n_cls, mask.size), np.float32)
+    nsum = None if beta <= 0 else np.empty((n_cls, *mask.shape), np.float32)
     post = None
     ll = None
     it = 0
@@ -110,7 +115,8 @@ def fit_mixture(x: np.ndarray, mask: np.ndarray, *, means=None, covs=None, weigh
             logp[k] = np.float32(np.log(outlier_prior) + np.log(outlier_density))
         if post is not None and beta > 0:
             box[:, flat] = post
-            logp += np.float32(beta) * neighbour_sum(box.reshape(n_cls, *mask.shape)).reshape(n_cls, -1)[:, flat]
+            nb = neighbour_sum(box.reshape(n_cls, *mask.shape), out=nsum).reshape(n_cls, -1)[:, flat]
+            logp += np.float32(beta) * nb
         logp -= logp.max(0, keepdims=True)
         p = np.exp(logp)
         p /= p.sum(0, keepdims=True)

@@ -2,7 +2,8 @@
 train tasks. Each trainer is `train(request: TrainRequest) -> dict` (a summary: where the weights
 went, losses, seconds) registered here by name and imported on use; its module also says which
 overrides each config accepts (`overridable(config) -> set`). `check_request` is the one validation
-of config and overrides, for the CLI and the server alike, run before any data is read."""
+of config, overrides and the number of processes (`nproc`), for the CLI and the server alike, run before any
+data is read; `train` with nproc > 1 runs the trainer in a child torchrun (training.distributed.run_request)."""
 from __future__ import annotations
 
 import importlib
@@ -19,6 +20,7 @@ _TRAINERS: dict[str, str] = {
     "inpainting_fast": "uad_label.training.inpainting:train_regressor",
     "patchddm": "uad_label.training.patchddm:train",
     "ppr": "uad_label.training.ppr:train",
+    "segresnet": "uad_label.training.segresnet:train",
     "baur_ae": "uad_label.training.baur_ae:train",
     "ae3d": "uad_label.training.ae3d:train",
     "strega": "uad_label.training.strega:train",
@@ -34,6 +36,7 @@ class TrainRequest:
     overrides: dict = field(default_factory=dict)  # e.g. {"epochs": 3, "lr": 1e-4}
     progress: Callable[[float, str], None] | None = None
     seed: int = 0
+    nproc: int = 1  # processes (torchrun, DistributedDataParallel); > 1 for the trainers with DISTRIBUTED = True
 
 
 def trainers() -> list[str]:
@@ -61,17 +64,21 @@ def check_overrides(request: TrainRequest, allowed) -> None:
 
 
 def check_request(name: str, request: TrainRequest) -> None:
-    """Config and overrides of a training request, checked against what the trainer accepts."""
+    """Config, overrides and nproc of a training request, checked against what the trainer accepts."""
+    from .distributed import check_nproc
+
     module = importlib.import_module(_target(name)[0])
     check_overrides(request, module.overridable(request.config))
     resolve_device(request.device)
+    check_nproc(request.nproc, name, request.device)
 
 
 def request_from_params(name: str, params: dict, data: list[Path], out_dir: Path | None) -> TrainRequest:
-    """A TrainRequest from a MONAI Label train request (`config` and `device` are fields, MONAI
+    """A TrainRequest from a MONAI Label train request (`config`, `device` and `nproc` are fields, MONAI
     Label's own keys are dropped, everything else is an override), validated."""
     rest = {k: v for k, v in params.items() if k not in MONAILABEL_TRAIN_KEYS}
-    request = TrainRequest(list(data), str(rest.pop("config", "cpu")), out_dir, str(rest.pop("device", "auto")), rest)
+    request = TrainRequest(list(data), str(rest.pop("config", "cpu")), out_dir, str(rest.pop("device", "auto")), rest,
+                           nproc=rest.pop("nproc", 1))
     check_request(name, request)
     return request
 
@@ -85,4 +92,9 @@ def _target(name: str) -> tuple[str, str]:
 
 def train(name: str, request: TrainRequest) -> dict:
     check_request(name, request)
+    if request.nproc > 1:
+        from .distributed import launched, run_request
+
+        if not launched():
+            return run_request(name, request)
     return get_trainer(name)(request)

@@ -7,7 +7,12 @@ Equal to one process with the global batch (per-process batch x world size) when
 per sample (`sample_generator`), its loss is a mean over equally sized batches, and its batch norm statistics
 span the global batch (`global_batch_norm`): the test trains 2 x B against 1 x 2B.
 
-A trainer opts in with `DISTRIBUTED = True` in its module; `supports(name)` says which do.
+Trainers that draw a fresh batch every step (ppr, inpainting, patchddm) draw the global batch's case indices
+from one generator that every rank advances alike and keep their `share`; everything drawn per sample (crops,
+boxes, masks, noise) comes from `sample_generator` / `sample_rng`, keyed by step and global sample position.
+
+A trainer opts in with `DISTRIBUTED = True` in its module; `supports(name)` says which do. The MONAI Label train
+task (or any caller of `training.train`) with `nproc` > 1 runs `uad train` in a child torchrun (`run_request`).
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ class World:
     size: int = 1
     local_rank: int = 0
     backend: str = ""
+    owns_group: bool = False  # init() created the process group, so finish() destroys it
 
     @property
     def main(self) -> bool:
@@ -57,17 +63,26 @@ def init(device: str) -> tuple[World, str]:
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group(backend)
-    return World(dist.get_rank(), dist.get_world_size(), local_rank, backend), device
+    return World(dist.get_rank(), dist.get_world_size(), local_rank, dist.get_backend(), owns), device
 
 
 def finish(world: World) -> None:
+    """Wait for every rank; leave the process group if init() joined it (a caller's own group stays)."""
     if world.distributed:
         import torch.distributed as dist
 
         dist.barrier()
-        dist.destroy_process_group()
+        if world.owns_group:
+            dist.destroy_process_group()
+
+
+def card(world: World, batch_per_process: int) -> dict:
+    """The model card's record of the run's processes and batch sizes."""
+    return {"world_size": world.size, "backend": world.backend or None, "batch_size_per_process": batch_per_process,
+            "global_batch_size": batch_per_process * world.size}
 
 
 def wrap(net: torch.nn.Module, world: World, device: str) -> torch.nn.Module:
@@ -96,9 +111,21 @@ def epoch_indices(n: int, epoch: int, seed: int, world: World) -> torch.Tensor:
     return torch.tensor(list(sampler), dtype=torch.long)
 
 
+def share(n: int, world: World) -> slice:
+    """This rank's positions in a global batch of n per process x world size (rank r: r*n .. r*n + n - 1)."""
+    return slice(world.rank * n, (world.rank + 1) * n)
+
+
 def sample_generator(seed: int, epoch: int, sample: int) -> torch.Generator:
-    """A generator for one sample of one epoch: the same numbers whichever process draws it."""
+    """A generator for one sample of one epoch (or step): the same numbers whichever process draws it."""
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(epoch)) * 1_000_003 + int(sample))
+
+
+def sample_rng(seed: int, epoch: int, sample: int):
+    """numpy's twin of `sample_generator` (non-negative seed, epoch and sample)."""
+    import numpy as np
+
+    return np.random.default_rng([int(seed), int(epoch), int(sample)])
 
 
 def all_mean(value: float, world: World) -> float:
@@ -191,18 +218,71 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(nproc: int, argv: list[str], name: str) -> int:
-    """Run `uad ARGV` (a train command without --nproc) in `nproc` processes through torchrun on this machine
-    (rendezvous on 127.0.0.1); returns torchrun's exit status."""
-    if not isinstance(nproc, int) or nproc < 1:
-        raise InputError(f"nproc: expected a whole number >= 1, received {nproc!r}")
+def max_processes(device: str) -> int:
+    """The most processes one machine runs: one per GPU on CUDA, one per CPU core otherwise."""
+    from ..device import resolve_device
+
+    if resolve_device(device).startswith("cuda"):
+        return max(1, torch.cuda.device_count())
+    return max(1, os.cpu_count() or 1)
+
+
+def check_nproc(nproc, name: str, device: str = "auto") -> int:
+    """`nproc` as a whole number from 1 to max_processes(device); above 1 only for trainers that support it."""
+    most = max_processes(device)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= most:
+        raise InputError(f"nproc: expected a whole number of processes from 1 to {most} (this machine, device "
+                         f"{device!r}), received {nproc!r}")
     if nproc > 1 and not supports(name):
         from . import _TRAINERS
 
         ok = sorted(n for n in _TRAINERS if supports(n))
         raise InputError(f"nproc: the {name} trainer runs in one process only; --nproc > 1 works for {ok}")
+    return nproc
+
+
+def command(nproc: int, target: list[str]) -> tuple[list[str], dict]:
+    """torchrun's command line and environment for `nproc` local processes running `target` (a script and its
+    arguments, or "-m" MODULE ...), with the rendezvous on 127.0.0.1."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}",
-           "--local-addr", "127.0.0.1", "-m", "uad_label.cli.main", *argv]  # rank 0's address: not the hostname
+           "--local-addr", "127.0.0.1", *target]  # rank 0's address: not the hostname
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": os.environ.get("GLOO_SOCKET_IFNAME", "lo")}
+    return cmd, env
+
+
+def launch(nproc: int, argv: list[str], name: str, device: str = "auto") -> int:
+    """Run `uad ARGV` (a train command without --nproc) in `nproc` processes through torchrun on this machine
+    (rendezvous on 127.0.0.1); returns torchrun's exit status."""
+    check_nproc(nproc, name, device)
+    cmd, env = command(nproc, ["-m", "uad_label.cli.main", *argv])
     return subprocess.call(cmd, env=env)
+
+
+def request_argv(name: str, request) -> list[str]:
+    """The `uad train` command line of a TrainRequest (its progress callback aside)."""
+    import json
+
+    argv = ["train", name, "--config", request.config, "--device", request.device, "--seed", str(request.seed)]
+    for d in request.data:
+        argv += ["--data", str(d)]
+    for k, v in request.overrides.items():
+        argv += ["--set", f"{k}={json.dumps(v)}"]
+    return argv + (["--out", str(request.out_dir)] if request.out_dir else [])
+
+
+def run_request(name: str, request) -> dict:
+    """Train `name` in `request.nproc` processes: `uad train` in a child torchrun, as `uad train --nproc N` does;
+    its output (progress, logs) goes where this process's goes, and rank 0's summary comes back."""
+    import json
+    import tempfile
+
+    check_nproc(request.nproc, name, request.device)
+    with tempfile.TemporaryDirectory(prefix="uad-train-") as tmp:
+        summary = os.path.join(tmp, "summary.json")
+        rc = launch(request.nproc, [*request_argv(name, request), "--summary", summary], name, request.device)
+        if rc != 0 or not os.path.exists(summary):
+            raise RuntimeError(f"train {name}: the {request.nproc}-process run failed (torchrun exit status {rc}); "
+                               "its errors are in the log above")
+        with open(summary, encoding="utf-8") as f:
+            return json.load(f)

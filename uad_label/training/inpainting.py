@@ -11,6 +11,14 @@ G training (pix2pix): a 16x16 box filled white (1.0 = the slice's brain 99th per
 where the brain is; loss L1(G(x_masked), x) * 100 + adversarial (PatchGAN D on (masked, slice)),
 Adam 2e-4, betas (0.5, 0.999). R training: random brain boxes, target = G's mean L1 error inside
 the box (not the whole-image error of the original), loss MSE on clamp(error / err_scale, 0, 1).
+
+Several processes (`uad train inpainting --nproc N`, `uad train inpainting_fast --nproc N`,
+uad_label.training.distributed): each step every process draws the global batch's slice indices (N x batch)
+from one generator advanced alike and keeps its share; each slice's box comes from its own generator keyed by
+step and position; G and D (or R) run in DistributedDataParallel with batch norm over the global batch, so N x
+batch B train like one process with N x B. The batch-norm recalibration runs on every process (global
+statistics); rank 0 alone validates and writes the weights and card. G stays fixed (eval mode, every process
+holds a copy) while R trains.
 """
 from __future__ import annotations
 
@@ -23,9 +31,11 @@ import torch
 import torch.nn.functional as F
 
 from ..device import resolve_device
-from . import TrainRequest, check_config, check_overrides
+from . import TrainRequest, check_config, check_overrides, distributed
 
 log = logging.getLogger(__name__)
+DISTRIBUTED = True  # `uad train inpainting|inpainting_fast --nproc N`
+BN_KEY = 1 << 30  # step key of the batch-norm recalibration batches' boxes
 MIN_BRAIN_FRACTION_TRAIN = 0.02  # drop slices whose brain covers less than this of the network slice
 
 CONFIGS = {
@@ -123,13 +133,15 @@ def load_training_slices(request: TrainRequest, cfg, preprocessed=None, progress
     return torch.cat(imgs), torch.cat(brains), desc
 
 
-def random_boxes(brains: torch.Tensor, idx: torch.Tensor, box: int, gen: torch.Generator) -> torch.Tensor:
-    """(B, 2) box corners centred on a random brain pixel of each chosen slice (clipped into the slice)."""
+def random_boxes(brains: torch.Tensor, idx: torch.Tensor, box: int, gen) -> torch.Tensor:
+    """(B, 2) box corners centred on a random brain pixel of each chosen slice (clipped into the slice).
+    `gen`: one generator, or one per slice (the same box whichever process draws it)."""
     S = brains.shape[-1]
+    gens = [gen] * idx.shape[0] if isinstance(gen, torch.Generator) else list(gen)
     out = torch.zeros((idx.shape[0], 2), dtype=torch.int64)
     for j, i in enumerate(idx.tolist()):
         pix = torch.nonzero(brains[i])
-        p = pix[torch.randint(pix.shape[0], (1,), generator=gen)][0]
+        p = pix[torch.randint(pix.shape[0], (1,), generator=gens[j])][0]
         out[j] = (p - box // 2).clamp(0, S - box)
     return out
 
@@ -171,11 +183,21 @@ def recalibrate_batchnorm(net, batches) -> None:
     net.eval()
 
 
-def _masked_batches(imgs, brains, idx_pool, cfg, batch_size, n, gen, device):
-    for _ in range(n):
-        idx = idx_pool[torch.randint(len(idx_pool), (batch_size,), generator=gen)]
+def _global_batch(idx_pool, batch_size, gen, seed, key, world):
+    """This process's share of a global batch (batch_size per process): slice indices drawn for the whole global
+    batch from `gen` (every process advances it alike), and one box generator per slice (keyed by `key` and the
+    slice's position in the global batch)."""
+    idx = idx_pool[torch.randint(len(idx_pool), (batch_size * world.size,), generator=gen)]
+    share = distributed.share(batch_size, world)
+    gens = [distributed.sample_generator(seed, key, j) for j in range(share.start, share.stop)]
+    return idx[share], gens
+
+
+def _masked_batches(imgs, brains, idx_pool, cfg, batch_size, n, gen, device, seed, world):
+    for b in range(n):
+        idx, gens = _global_batch(idx_pool, batch_size, gen, seed, BN_KEY + b, world)
         x = imgs[idx][:, None].to(device)
-        yield mask_boxes(x, random_boxes(brains, idx, cfg.box, gen), cfg.box, cfg.fill)
+        yield mask_boxes(x, random_boxes(brains, idx, cfg.box, gens), cfg.box, cfg.fill)
 
 
 def _split(n: int, n_val: int, gen: torch.Generator):
@@ -199,28 +221,31 @@ def train_generator(request: TrainRequest) -> dict:
 
     s = _settings(request)
     report = request.progress or (lambda f, m: log.info("[inpainting] %3.0f%% %s", 100 * f, m))
-    device = resolve_device(request.device)
+    world, device = distributed.init(resolve_device(request.device))
+    if not world.main:
+        report = lambda f, m: None  # noqa: E731  (rank 0 alone reports)
     torch.manual_seed(request.seed)
     gen = torch.Generator().manual_seed(request.seed)
     cfg = InpaintConfig(slice_size=s["slice_size"], scale=s["scale"], ngf=s["ngf"], box=s["box"])
     imgs, brains, desc = load_training_slices(request, cfg, s["preprocessed"], report)
     train_idx, val_idx = _split(imgs.shape[0], s["val_slices"], gen)
-    G = build_generator(cfg).to(device)
-    D = patch_discriminator(2, s["d_channels"]).to(device)
-    opt_g = torch.optim.Adam(G.parameters(), lr=s["lr"], betas=(0.5, 0.999))
+    g_model = distributed.wrap(build_generator(cfg).to(device), world, device)
+    D = distributed.wrap(patch_discriminator(2, s["d_channels"]).to(device), world, device)
+    G = distributed.unwrap(g_model)
+    opt_g = torch.optim.Adam(g_model.parameters(), lr=s["lr"], betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=s["lr"], betas=(0.5, 0.999))
     steps = s["steps"]
     if "epochs" in s:
-        steps = s["epochs"] * max(1, len(train_idx) // s["batch_size"])
+        steps = s["epochs"] * max(1, len(train_idx) // (s["batch_size"] * world.size))
     t0 = time.perf_counter()
     history = []
     step = 0
     for step in range(1, steps + 1):
-        idx = train_idx[torch.randint(len(train_idx), (s["batch_size"],), generator=gen)]
+        idx, gens = _global_batch(train_idx, s["batch_size"], gen, request.seed, step, world)
         x = imgs[idx][:, None].to(device)
-        starts = random_boxes(brains, idx, cfg.box, gen)
+        starts = random_boxes(brains, idx, cfg.box, gens)
         xm = mask_boxes(x, starts, cfg.box, cfg.fill)
-        fake = G(xm)
+        fake = g_model(xm)
         # D step
         d_real = D(torch.cat([xm, x], 1))
         d_fake = D(torch.cat([xm, fake.detach()], 1))
@@ -238,30 +263,36 @@ def train_generator(request: TrainRequest) -> dict:
         loss_g.backward()
         opt_g.step()
         if step % 10 == 0 or step == 1:
-            history.append({"step": step, "l1": round(float(l1.detach()), 5), "adv": round(float(adv.detach()), 4),
-                            "d": round(float(loss_d.detach()), 4),
-                            "box_l1": round(float(box_errors(fake.detach(), x, starts, cfg.box).mean()), 5),
-                            "seconds": round(time.perf_counter() - t0, 1)})
+            box_l1 = box_errors(fake.detach(), x, starts, cfg.box).mean()
+            t = distributed.all_sum(torch.stack([l1, adv, loss_d, box_l1]).detach().double().cpu(), world)
+            l1_g, adv_g, d_g, box_g = (t / world.size).tolist()  # the global batch's losses
+            history.append({"step": step, "l1": round(l1_g, 5), "adv": round(adv_g, 4), "d": round(d_g, 4),
+                            "box_l1": round(box_g, 5), "seconds": round(time.perf_counter() - t0, 1)})
             report(0.1 + 0.75 * min(1.0, step / steps if not s["max_seconds"] else
                                     (time.perf_counter() - t0) / s["max_seconds"]),
-                   f"step {step}: l1 {float(l1.detach()):.4f} adv {float(adv.detach()):.3f} "
-                   f"D {float(loss_d.detach()):.3f}")
-        if s["max_seconds"] and time.perf_counter() - t0 > s["max_seconds"]:
+                   f"step {step}: l1 {l1_g:.4f} adv {adv_g:.3f} D {d_g:.3f}")
+        if distributed.any_rank(bool(s["max_seconds"]) and time.perf_counter() - t0 > s["max_seconds"], world):
             break
     seconds = time.perf_counter() - t0
     recalibrate_batchnorm(G, _masked_batches(imgs, brains, train_idx, cfg, s["batch_size"], s["bn_batches"], gen,
-                                             device))
+                                             device, request.seed, world))  # every process: global statistics
+    if not world.main:  # rank 0 alone validates and writes
+        distributed.finish(world)
+        return {"weights": None, "rank": world.rank, "steps": step, "world_size": world.size}
     val = _validation_scores(G, imgs, brains, val_idx, cfg, s, gen, device)
     report(0.95, f"validation box L1 {val['mean']:.4f}")
     card = {"detector": "inpainting", "network": "G: pix2pix U-Net, bicubic upsampling",
             "parameters": count_parameters(G), "config": cfg.to_dict(), "steps": step,
+            "distributed": distributed.card(world, s["batch_size"]),
             **_card_common(request, s, desc, seconds, device), "history": history,
             "validation_box_l1": val, "healthy_window_score_q99": val["q99"],
             "note": "window scores = mean L1 error inside the box, normalised units (brain p99 = 1)"}
     path = save_state("inpainting", {k: v.cpu() for k, v in G.state_dict().items()}, card, request.out_dir)
     report(1.0, f"saved {path}")
+    distributed.finish(world)
     return {"weights": str(path), "steps": step, "seconds": round(seconds, 1), "validation_box_l1": val,
-            "last": history[-1] if history else None}
+            "last": history[-1] if history else None, "world_size": world.size,
+            "global_batch_size": s["batch_size"] * world.size}
 
 
 def _validation_boxes(imgs, brains, val_idx, cfg, s, gen, device):
@@ -289,7 +320,9 @@ def train_regressor(request: TrainRequest) -> dict:
 
     s = _settings(request)
     report = request.progress or (lambda f, m: log.info("[inpainting_fast] %3.0f%% %s", 100 * f, m))
-    device = resolve_device(request.device)
+    world, device = distributed.init(resolve_device(request.device))
+    if not world.main:
+        report = lambda f, m: None  # noqa: E731  (rank 0 alone reports)
     saved = None
     if request.out_dir and (Path(request.out_dir) / "inpainting.pt").exists():
         saved = Path(request.out_dir) / "inpainting.pt"
@@ -308,35 +341,40 @@ def train_regressor(request: TrainRequest) -> dict:
     gen = torch.Generator().manual_seed(request.seed + 1)
     imgs, brains, desc = load_training_slices(request, cfg, s["preprocessed"], report)
     train_idx, val_idx = _split(imgs.shape[0], s["val_slices"], gen)
-    R = ErrorRegressor().to(device)
-    opt = torch.optim.Adam(R.parameters(), lr=s["r_lr"])
+    r_model = distributed.wrap(ErrorRegressor().to(device), world, device)
+    R = distributed.unwrap(r_model)
+    opt = torch.optim.Adam(r_model.parameters(), lr=s["r_lr"])
     t0 = time.perf_counter()
     history = []
     step = 0
     for step in range(1, s["r_steps"] + 1):
-        idx = train_idx[torch.randint(len(train_idx), (s["r_batch_size"],), generator=gen)]
+        idx, gens = _global_batch(train_idx, s["r_batch_size"], gen, request.seed, step, world)
         x = imgs[idx][:, None].to(device)
-        starts = random_boxes(brains, idx, cfg.box, gen)
+        starts = random_boxes(brains, idx, cfg.box, gens)
         xm = mask_boxes(x, starts, cfg.box, cfg.fill)
         with torch.no_grad():
             target = (box_errors(G(xm), x, starts, cfg.box) / cfg.err_scale).clamp(0, 1)
-        pred = R(xm)
+        pred = r_model(xm)
         loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 10 == 0 or step == 1:
-            history.append({"step": step, "mse": round(float(loss.detach()), 6),
-                            "target_mean": round(float(target.mean()), 5),
+            t = distributed.all_sum(torch.stack([loss.detach(), target.mean()]).double().cpu(), world)
+            mse_g, target_g = (t / world.size).tolist()  # the global batch's
+            history.append({"step": step, "mse": round(mse_g, 6), "target_mean": round(target_g, 5),
                             "seconds": round(time.perf_counter() - t0, 1)})
             report(0.1 + 0.75 * min(1.0, (time.perf_counter() - t0) / (s["r_max_seconds"] or 1e30)
                                     if s["r_max_seconds"] else step / s["r_steps"]),
-                   f"step {step}: mse {float(loss.detach()):.5f}")
-        if s["r_max_seconds"] and time.perf_counter() - t0 > s["r_max_seconds"]:
+                   f"step {step}: mse {mse_g:.5f}")
+        if distributed.any_rank(bool(s["r_max_seconds"]) and time.perf_counter() - t0 > s["r_max_seconds"], world):
             break
     seconds = time.perf_counter() - t0
     recalibrate_batchnorm(R, _masked_batches(imgs, brains, train_idx, cfg, s["r_batch_size"], s["bn_batches"], gen,
-                                             device))
+                                             device, request.seed, world))  # every process: global statistics
+    if not world.main:  # rank 0 alone validates and writes
+        distributed.finish(world)
+        return {"weights": None, "rank": world.rank, "steps": step, "world_size": world.size}
     # agreement with G on held-out boxes: Spearman of predicted vs true box errors
     truth, pred = [], []
     with torch.no_grad():
@@ -353,10 +391,13 @@ def train_regressor(request: TrainRequest) -> dict:
     card = {"detector": "inpainting_fast", "network": "R: published error regressor (box-restricted target)",
             "parameters": count_parameters(R), "config": cfg.to_dict(), "steps": step,
             "generator_card": {k: g_card.get(k) for k in ("config_name", "steps", "train_seconds", "date")},
+            "distributed": distributed.card(world, s["r_batch_size"]),
             **_card_common(request, s, desc, seconds, device), "history": history, "validation": val,
             "healthy_window_score_q99": val["q99_pred"],
             "note": "R predicts G's mean L1 box error (err_scale units) from the masked slice alone"}
     path = save_state("inpainting_fast", {k: v.cpu() for k, v in R.state_dict().items()}, card, request.out_dir)
     report(1.0, f"saved {path}")
+    distributed.finish(world)
     return {"weights": str(path), "steps": step, "seconds": round(seconds, 1), "validation": val,
-            "last": history[-1] if history else None}
+            "last": history[-1] if history else None, "world_size": world.size,
+            "global_batch_size": s["r_batch_size"] * world.size}

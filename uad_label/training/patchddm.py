@@ -12,6 +12,12 @@ coordinate channels (-1 to 1 over the whole volume) before cropping. Crops start
 the valid range (the published centre-biased distribution: central voxels fall in more crops);
 the CPU configuration centres half its crops on a lesion voxel so minutes of training see lesions.
 Loss: MSE of the predicted noise, t uniform in [0, T), AdamW.
+
+Several processes (`uad train patchddm --nproc N`, uad_label.training.distributed): every crop of a step's
+global batch (N x batch_size) draws its case, crop, flip, timestep and noise from its own generators keyed by
+step and position in the global batch (distributed.sample_rng / sample_generator); each process makes its share
+and the U-Net (GroupNorm: per sample) runs in DistributedDataParallel, so N x batch B train like one process
+with N x B. Every process loads every case; rank 0 alone writes the weights and card.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from ..transforms.intensity import scale_modalities
 from ..transforms.model_grid import model_grid_shape, to_model_grid
 
 log = logging.getLogger(__name__)
+DISTRIBUTED = True  # `uad train patchddm --nproc N`
 
 NAME = "patchddm"
 CONFIGS = {
@@ -129,29 +136,48 @@ def train(request) -> dict:
     import torch
 
     from ..device import resolve_device
-    from . import check_overrides
+    from . import check_overrides, distributed
 
     check_overrides(request, overridable(request.config))
     cfg = {**CONFIGS[request.config], **request.overrides}
     holdout = cfg.get("holdout") or []
     holdout = set(holdout.split(",") if isinstance(holdout, str) else holdout)
     report = request.progress or (lambda f, m: log.info("%3.0f%% %s", 100 * f, m))
-    device = resolve_device(request.device)
-    rng = np.random.default_rng(request.seed)
+    world, device = distributed.init(resolve_device(request.device))
+    if not world.main:
+        report = lambda f, m: None  # noqa: E731  (rank 0 alone reports)
     torch.manual_seed(request.seed)
     threads_before = torch.get_num_threads()
     if int(cfg.get("threads") or 0) > 0 and not device.startswith("cuda"):
         torch.set_num_threads(int(cfg["threads"]))
     try:
-        return _train(request, cfg, holdout, report, device, rng, torch)
+        return _train(request, cfg, holdout, report, device, world, torch)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _train(request, cfg, holdout, report, device, rng, torch) -> dict:
+def _sample(data, crop: int, cfg, seed: int, step: int, j: int, schedule, torch):
+    """Crop j of step `step`'s global batch: (inputs, target, t, noise), drawn from its own generators."""
+    from . import distributed
+
+    rng = distributed.sample_rng(seed, step, j)
+    x, y, lesions = data[rng.integers(len(data))]
+    on_lesion = rng.random() < float(cfg["lesion_crop_fraction"])
+    start = sample_crop(x.shape[1:], crop, rng, lesions if on_lesion else None)
+    xc, yc = crop_pad(x, start, crop), crop_pad(y + 1.0, start, crop) - 1.0  # pad target with background
+    if rng.random() < 0.5:  # left-right flip of the anatomy; coordinates stay positional
+        xc = torch.cat([xc[:3].flip(1), xc[3:]])
+        yc = yc.flip(1)
+    g = distributed.sample_generator(seed, step, j)
+    t = torch.randint(0, schedule.T, (), generator=g)
+    return xc, yc, t, torch.randn(yc.shape, generator=g)
+
+
+def _train(request, cfg, holdout, report, device, world, torch) -> dict:
     from ..diffusion import DiffusionSchedule
     from ..networks.patchddm import build
     from ..weights import save_state
+    from . import distributed
 
     t0 = time.perf_counter()
 
@@ -176,34 +202,28 @@ def _train(request, cfg, holdout, report, device, rng, torch) -> dict:
 
     net_cfg = {"in_channels": len(MODALITIES) + 4, "out_channels": 1, **cfg["network"]}
     net_cfg["channel_mult"] = list(net_cfg["channel_mult"])
-    model = build(net_cfg, checkpoint=bool(cfg.get("checkpoint"))).to(device)
+    net = build(net_cfg, checkpoint=bool(cfg.get("checkpoint"))).to(device)
     crop = int(cfg["crop"])
-    if crop % model.divisor:
-        raise ValueError(f"crop: expected a multiple of {model.divisor} for this U-Net, received {crop}")
+    if crop % net.divisor:
+        raise ValueError(f"crop: expected a multiple of {net.divisor} for this U-Net, received {crop}")
     cuda = device.startswith("cuda")
     if cuda:
-        model = model.to(memory_format=torch.channels_last_3d)
+        net = net.to(memory_format=torch.channels_last_3d)
+    model = distributed.wrap(net, world, device)
     schedule = DiffusionSchedule(**SCHEDULE)
     opt = torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]))
+    bs = int(cfg["batch_size"])
+    share = distributed.share(bs, world)
     steps, budget = int(cfg["steps"]), float(cfg["max_minutes"]) * 60.0
     losses, t_train, step = [], time.perf_counter(), 0
     model.train()
-    while step < steps and time.perf_counter() - t_train < budget:
-        xs, ys = [], []
-        for _ in range(int(cfg["batch_size"])):
-            x, y, lesions = data[rng.integers(len(data))]
-            on_lesion = rng.random() < float(cfg["lesion_crop_fraction"])
-            start = sample_crop(x.shape[1:], crop, rng, lesions if on_lesion else None)
-            xc, yc = crop_pad(x, start, crop), crop_pad(y + 1.0, start, crop) - 1.0  # pad target with background
-            if rng.random() < 0.5:  # left-right flip of the anatomy; coordinates stay positional
-                xc = torch.cat([xc[:3].flip(1), xc[3:]])
-                yc = yc.flip(1)
-            xs.append(xc)
-            ys.append(yc)
+    while step < steps and not distributed.any_rank(time.perf_counter() - t_train >= budget, world):
+        xs, ys, ts, noises = zip(*[_sample(data, crop, cfg, request.seed, step, j, schedule, torch)
+                                   for j in range(share.start, share.stop)])
         x = torch.stack(xs).to(device)
         x0 = torch.stack(ys).to(device)
-        t = torch.randint(0, schedule.T, (x.shape[0],), device=device)
-        noise = torch.randn_like(x0)
+        t = torch.stack(ts).to(device)
+        noise = torch.stack(noises).to(device)
         xt = schedule.add_noise(x0, noise, t)
         inp = torch.cat([x, xt], 1)
         if cuda:
@@ -214,13 +234,16 @@ def _train(request, cfg, holdout, report, device, rng, torch) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(distributed.all_mean(float(loss.detach()), world))  # the global batch's loss
         step += 1
         if step % 25 == 0:
             elapsed = time.perf_counter() - t_train
             report(0.1 + 0.85 * min(1.0, max(step / steps, elapsed / budget)),
                    f"step {step} loss {np.mean(losses[-25:]):.4f}")
     t_train = time.perf_counter() - t_train
+    if not world.main:  # rank 0 alone writes
+        distributed.finish(world)
+        return {"weights": None, "rank": world.rank, "steps": step, "world_size": world.size}
 
     card = {
         "detector": NAME, "method": "PatchDDM (Bieder et al.): DDPM segmenter, epsilon prediction, 3D U-Net "
@@ -228,21 +251,24 @@ def _train(request, cfg, holdout, report, device, rng, torch) -> dict:
         "config": request.config, "settings": {k: v for k, v in cfg.items() if k != "holdout"},
         "network": net_cfg, "schedule": SCHEDULE, "modalities": list(MODALITIES),
         "normalisation": "per modality: brain percentiles 0.5 -> 0, 99.5 -> 1 (clipped to [-0.5, 2]), 0 outside",
-        "spacing_mm": float(cfg["spacing_mm"]),
+        "spacing_mm": float(cfg["spacing_mm"]), "distributed": distributed.card(world, bs),
         "data": {"source": source, "cases": [c["id"] for c in cases], "kinds": sorted({c["kind"] for c in cases}),
                  "folders": sorted({c["source"] for c in cases}), "holdout": sorted(holdout)},
         "training": {"steps": step, "seconds": round(t_train, 1), "load_seconds": round(t_load, 1),
                      "device": device, "torch": torch.__version__, "seed": request.seed,
                      "loss_first_100": float(np.mean(losses[:100])) if losses else None,
                      "loss_last_100": float(np.mean(losses[-100:])) if losses else None,
+                     "loss_first_10_steps": [float(v) for v in losses[:10]],
                      "loss_per_25_steps": [round(float(np.mean(losses[i:i + 25])), 4)
                                            for i in range(0, len(losses), 25)]},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "limitations": LIMITATIONS.get(request.config, ""),
     }
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     path = save_state(NAME, state, card, request.out_dir)
     report(1.0, f"saved {path}")
+    distributed.finish(world)
     return {"weights": str(path), "steps": step, "cases": len(cases), "source": source,
             "loss_first_100": card["training"]["loss_first_100"], "loss_last_100": card["training"]["loss_last_100"],
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "seconds": round(time.perf_counter() - t0, 1), "world_size": world.size,
+            "global_batch_size": bs * world.size}

@@ -2,7 +2,14 @@
 healthy scans. Augmentations as published, applied to the scan before segmentation, through MONAI
 transforms: bias field, Gaussian noise, gamma, flips, affine (MONAI has no MR ghosting transform,
 and torchio is not installed: ghosting is not applied). Loss: w_kl * KL + w_rec * L1 + w_ce * L1 of
-the context-encoded input (published code: 0.5 / 0.01 / 1); Adam; best checkpoint by validation loss."""
+the context-encoded input (published code: 0.5 / 0.01 / 1); Adam; best checkpoint by validation loss.
+
+Several processes (`uad train strega --nproc N`, uad_label.training.distributed): the ceVAE, the one part
+trained by gradient, runs in DistributedDataParallel with a DistributedSampler share of every epoch's slices;
+each slice's context masks and latent draws come from its own generator, so 2 processes x batch B train like
+1 x 2B. The tissue classes (EM + MRF, uad_label.tissue) are fitted per case with no gradient: every process
+computes them for every case (seeded, the same numbers) before training; they are the data, not distributed.
+Rank 0 alone validates, writes the weights and the card."""
 from __future__ import annotations
 
 import copy
@@ -18,11 +25,13 @@ import torch
 from ..device import resolve_device
 from ..networks import strega as strega_net
 from ..transforms.canvas import Canvas
-from . import TrainRequest, check_config, check_overrides
+from . import TrainRequest, check_config, check_overrides, distributed
 from .data import healthy_cases
 from .recon_common import is_template_space
 
 log = logging.getLogger(__name__)
+DISTRIBUTED = True  # `uad train strega --nproc N`
+VAL_KEY = 1 << 20  # the "epoch" of the validation slices' generators: the same masks and draws every epoch
 
 DEFAULTS = {
     "common": {"modality": "T2", "w_kl": 0.5, "w_rec": 0.01, "w_ce": 1.0, "val_fraction": 0.17,
@@ -106,7 +115,9 @@ def train(request: TrainRequest) -> dict:
     net_cfg = dict(cfg["network"])
     net_cfg["input_size"] = tuple(int(s) for s in cfg["canvas"][:2])
     progress = request.progress or (lambda f, m: log.info("[strega] %3.0f%% %s", 100 * f, m))
-    device = resolve_device(request.device)
+    world, device = distributed.init(resolve_device(request.device))
+    if not world.main:
+        progress = lambda f, m: None  # noqa: E731  (rank 0 alone reports)
     torch.manual_seed(request.seed)
     gen = torch.Generator().manual_seed(request.seed)
     t0 = time.perf_counter()
@@ -117,45 +128,58 @@ def train(request: TrainRequest) -> dict:
     trn = torch.cat([per_case[i] for i in perm[n_val:]])
     prep_s = time.perf_counter() - t0
 
-    net = strega_net.build(**net_cfg).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=float(cfg["lr"]))
+    model = distributed.wrap(strega_net.build(**net_cfg).to(device), world, device)
+    net = distributed.unwrap(model)
+    opt = torch.optim.Adam(model.parameters(), lr=float(cfg["lr"]))
     amp = device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     max_size = max(1, 128 // int(cfg["factor"]))
     w = (float(cfg["w_kl"]), float(cfg["w_rec"]), float(cfg["w_ce"]))
     bs = int(cfg["batch_size"])
+    corrupt = _Corruption(request.seed, int(cfg["max_squares"]), max_size, int(net_cfg["latent"]))
     best, history, steps = (float("inf"), None, -1), [], 0
     budget = float(cfg["max_minutes"]) * 60
     max_steps = int(request.overrides.get("steps", 0)) or None
+    per_epoch = max(1, len(trn) // (bs * world.size))  # full global batches (one short one when fewer slices)
     t1 = time.perf_counter()
     for epoch in range(int(cfg["epochs"])):
         net.train()
-        order = torch.randperm(len(trn), generator=gen)
+        order = distributed.epoch_indices(len(trn), epoch, request.seed, world)
         terms = []
-        for i in range(0, len(order) - bs + 1 if len(order) >= bs else 1, bs):
-            xb = trn[order[i:i + bs]]
-            xm = strega_net.context_masks(xb, cfg["max_squares"], max_size, gen)
+        stop = False
+        for k in range(per_epoch):
+            idx = order[k * bs:(k + 1) * bs]
+            xb = trn[idx]
+            xm, noise = corrupt(xb, idx.tolist(), epoch)
             with torch.autocast("cuda", dtype=torch.float16, enabled=amp):
-                kl, l1, ce = strega_net.loss_terms(net, xb.to(device), xm.to(device))
+                kl, l1, ce = strega_net.loss_terms(model, xb.to(device), xm.to(device), noise)
                 loss = w[0] * kl + w[1] * l1 + w[2] * ce
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-            terms.append([float(kl.detach()), float(l1.detach()), float(ce.detach()), float(loss.detach())])
+            t = torch.stack([kl, l1, ce, loss]).detach().double().cpu()
+            terms.append((distributed.all_sum(t, world) / world.size).tolist())  # the global batch's terms
             steps += 1
-            if (max_steps and steps >= max_steps) or time.perf_counter() - t1 > budget:
+            stop = distributed.any_rank(bool(max_steps and steps >= max_steps) or time.perf_counter() - t1 > budget,
+                                        world)  # every process stops at the same step
+            if stop:
                 break
-        vloss = _val_loss(net, val, w, gen, cfg["max_squares"], max_size, device)
         t = np.mean(terms, 0)
-        history.append({"epoch": epoch + 1, "kl": t[0], "l1": t[1], "ce": t[2], "train_loss": t[3], "val_loss": vloss})
-        if vloss < best[0]:
-            best = (vloss, copy.deepcopy(net.state_dict()), epoch + 1)
         elapsed = time.perf_counter() - t1
-        progress(0.3 + 0.65 * min(1.0, elapsed / budget), f"epoch {epoch + 1}: loss {t[3]:.2f} val {vloss:.2f}")
-        if elapsed > budget or (max_steps and steps >= max_steps):
+        if world.main:  # rank 0 alone validates and keeps the best state (eval mode: no collective)
+            vloss = _val_loss(net, val, w, corrupt, device)
+            history.append({"epoch": epoch + 1, "kl": t[0], "l1": t[1], "ce": t[2], "train_loss": t[3],
+                            "val_loss": vloss})
+            if vloss < best[0]:
+                best = (vloss, copy.deepcopy(net.state_dict()), epoch + 1)
+            progress(0.3 + 0.65 * min(1.0, elapsed / budget), f"epoch {epoch + 1}: loss {t[3]:.2f} val {vloss:.2f}")
+        if stop or distributed.any_rank(elapsed > budget, world):
             break
     train_s = time.perf_counter() - t1
+    if not world.main:  # rank 0 alone writes
+        distributed.finish(world)
+        return {"weights": None, "rank": world.rank, "steps": steps, "world_size": world.size}
     net.load_state_dict(best[1])
     state = {k: v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()
              for k, v in net.state_dict().items()}  # float16 on disk; loaded back as float32
@@ -165,7 +189,8 @@ def train(request: TrainRequest) -> dict:
         "modality": cfg["modality"], "canvas": list(cfg["canvas"]), "factor": int(cfg["factor"]),
         "input": "tissue classes (EM + MRF, uad_label.tissue) in intensity order / 3",
         "loss_weights": {"kl": w[0], "l1": w[1], "ce": w[2]}, "optimizer": "Adam", "lr": float(cfg["lr"]),
-        "batch_size": bs, "context_masks": {"max_squares": cfg["max_squares"], "max_size_px": max_size},
+        "batch_size": bs, "distributed": distributed.card(world, bs),
+        "context_masks": {"max_squares": cfg["max_squares"], "max_size_px": max_size},
         "augmentation": "MONAI RandBiasField, RandGaussianNoise, RandAdjustContrast, RandFlip, RandAffine "
                         "and uad_label.augment.RandGhosting (k-space ghosting, as torchio's in StRegA) "
                         f"({cfg['augmented_copies']} augmented copies per case)",
@@ -179,18 +204,37 @@ def train(request: TrainRequest) -> dict:
     }
     path = save_state("strega", state, card, request.out_dir)
     progress(1.0, f"saved {path}")
+    distributed.finish(world)
     return {"weights": str(path), "epochs": len(history), "steps": steps, "best_epoch": best[2],
-            "best_val_loss": best[0], "train_seconds": round(train_s, 1), "n_train_slices": len(trn)}
+            "best_val_loss": best[0], "train_seconds": round(train_s, 1), "n_train_slices": len(trn),
+            "world_size": world.size, "global_batch_size": bs * world.size}
+
+
+class _Corruption:
+    """Per slice, from its own generator (distributed.sample_generator(seed, epoch, slice index)): the context
+    masks and the latent draws of the two passes, the same whichever process trains on the slice."""
+
+    def __init__(self, seed: int, max_squares: int, max_size: int, latent: int):
+        self.seed, self.max_squares, self.max_size, self.latent = seed, max_squares, max_size, latent
+
+    def __call__(self, xb: torch.Tensor, positions: list[int], epoch: int):
+        masked, draws = [], []
+        for k, j in enumerate(positions):
+            g = distributed.sample_generator(self.seed, epoch, j)
+            masked.append(strega_net.context_masks(xb[k:k + 1], self.max_squares, self.max_size, g))
+            draws.append(torch.randn((2, self.latent, 1, 1), generator=g))
+        draws = torch.stack(draws)
+        return torch.cat(masked), (draws[:, 0], draws[:, 1])
 
 
 @torch.no_grad()
-def _val_loss(net, val, w, gen, max_squares, max_size, device) -> float:
+def _val_loss(net, val, w, corrupt: _Corruption, device) -> float:
     net.eval()
     total, n = 0.0, 0
     for i in range(0, len(val), 64):
         xb = val[i:i + 64]
-        xm = strega_net.context_masks(xb, max_squares, max_size, gen)
-        kl, l1, ce = strega_net.loss_terms(net, xb.to(device), xm.to(device))
+        xm, noise = corrupt(xb, list(range(i, i + len(xb))), VAL_KEY)
+        kl, l1, ce = strega_net.loss_terms(net, xb.to(device), xm.to(device), noise)
         total += float(w[0] * kl + w[1] * l1 + w[2] * ce) * len(xb)
         n += len(xb)
     return total / max(n, 1)

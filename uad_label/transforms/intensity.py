@@ -2,12 +2,17 @@
 brain only; the background is set to 0)."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
-from scipy.stats import rankdata
 from skimage.exposure import cumulative_distribution
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+# torch and scipy.stats are imported by the functions that need them: importing them here cost 2.2 s of CPU
+# in every `uad evaluate flair_threshold` (benchmarks/evaluation/README.md), which uses neither
 
 
 def _check_brain(brain: np.ndarray, what: str = "scan") -> None:
@@ -30,6 +35,8 @@ def brain_quantile(values: np.ndarray, brain: np.ndarray) -> np.ndarray:
     """Each brain voxel's mid-rank quantile among the brain's voxels ((rank - 0.5) / n, ties share their
     mean rank: scipy.stats.rankdata), 0 outside the brain (float32). The exact-rank twin of
     equalise_in_brain (which bins, as the published baseline does): the fusion's common scale."""
+    from scipy.stats import rankdata
+
     out = np.zeros(brain.shape, np.float32)
     inside = np.asarray(values)[brain]
     if inside.size:
@@ -84,6 +91,8 @@ def scale_modalities(case, modalities) -> np.ndarray:
 
 def normalise_slices(v: torch.Tensor, b: torch.Tensor, percentile: float, clip: float) -> torch.Tensor:
     """Per slice: the brain's `percentile` -> 1, clipped to [0, clip], 0 outside the brain."""
+    import torch
+
     out = torch.zeros_like(v)
     for i in range(v.shape[0]):
         vals = v[i][b[i]]

@@ -13,7 +13,8 @@ class DetectorTrain(TrainTask):
         self.out_dir = out_dir
 
     def config(self):
-        return {"config": "cpu", "device": "auto"}
+        # nproc > 1: `uad train NAME` in a child torchrun (uad_label.training.train -> distributed.run_request)
+        return {"config": "cpu", "device": "auto", "nproc": 1}
 
     def __call__(self, request, datastore):
         # every option the CLI's --set accepts is passed on; the trainer refuses unknown ones.

@@ -1,0 +1,264 @@
+"""Raw clinical FLAIR to map, in-process and through HTTP, on every raw scan; and the preprocessing
+defaults before / after issue 16, interleaved in the same run (issue 16).
+
+    .venv/bin/python benchmarks/load/latency.py [--data ../shared/data/raw_clinical] [--repeats 3]
+        [--detector flair_threshold] [--no-compare] [--compare-repeats 3] [--out benchmarks/load]
+
+Every ``<patient>/<study>_FLAIR.nii.gz`` of --data goes into one datastore of a real server on a loopback
+port. After one warm-up of each side (template, caches, imports), per scan and repeat: in-process
+``detect`` and ``POST /infer`` (the default multipart answer: float map, mask, brain, JSON; what the Slicer
+module receives) alternate. Wall seconds, CPU seconds (this process for in-process, the server process
+for HTTP) and the 1-minute load average are recorded. Scans that fail the registration quality check
+are refused with 422 by both sides (that is recorded, not timed).
+
+Then (unless --no-compare) the preprocessing with the previous defaults (``OLD_DEFAULTS``) and with
+today's alternate on each scan, --compare-repeats times each (``on_registration_failure="warn"``: the
+metrics of refused scans too): CPU seconds and the registration metrics (Mattes MI, brain in head, FOV
+coverage, passed) as median and range, since ITK's threaded metric varies from run to run.
+Prints the tables and writes latency.json and latency.md in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import requests
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path[:0] = [str(HERE.parent), str(ROOT / "tests"), str(ROOT)]
+from common import environment  # noqa: E402
+from server_fixture import Server  # noqa: E402
+
+RAW = ROOT.parent / "shared" / "data" / "raw_clinical"
+# PreprocessOptions defaults changed for issue 16 (what they were before)
+OLD_DEFAULTS = {"n4_iterations": (20, 20, 20)}
+NOTES = "<!-- notes: kept by latency.py -->"
+METRICS = ("mutual_information", "brain_in_head", "fov_coverage", "passed")
+
+
+def scans_of(data: Path) -> dict[str, Path]:
+    return {f"{p.parent.name}_{p.name.split('_')[0]}": p for p in sorted(data.glob("patient*/study*_FLAIR.nii.gz"))}
+
+
+def load1() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def timed_local(det, path: Path) -> dict:
+    from uad_label.errors import InputError
+
+    c, t = time.process_time(), time.perf_counter()
+    try:
+        r = det.detect({"FLAIR": path}, {})
+        ok, reg = True, r.info["preprocessing"]
+    except InputError:
+        ok, reg = False, {}
+    return {"wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - c, "ok": ok, "load": load1(),
+            "registration": {k: reg.get(k) for k in METRICS}}
+
+
+def timed_http(server: Server, proc, detector: str, image_id: str) -> dict:
+    from requests_toolbelt import MultipartDecoder
+
+    cpu = lambda: sum(proc.cpu_times()[:2])  # noqa: E731  (user + system of the server process)
+    c, t = cpu(), time.perf_counter()
+    r = requests.post(server.url + f"/infer/{detector}", params={"image": image_id}, data={"params": "{}"},
+                      timeout=900)
+    out = {"wall_s": time.perf_counter() - t, "cpu_s": cpu() - c, "status": r.status_code, "load": load1(),
+           "bytes": len(r.content)}
+    if r.status_code == 200:
+        parts = MultipartDecoder(r.content, r.headers["content-type"]).parts
+        info = json.loads(parts[0].content)
+        out["detector_total_s"] = info["latencies"]["total"]
+    return out
+
+
+def compare_defaults(paths: dict[str, Path], repeats: int) -> dict:
+    """Old and new preprocessing defaults alternating on each scan, `repeats` times each (ITK's threaded
+    Mattes MI is not bit-reproducible from run to run: the repeats show that noise)."""
+    import SimpleITK as sitk
+
+    from uad_label.preprocess import PreprocessOptions, preprocess
+
+    opts = {"old": PreprocessOptions(on_registration_failure="warn", **OLD_DEFAULTS),
+            "new": PreprocessOptions(on_registration_failure="warn")}
+    out = {}
+    for i, (name, path) in enumerate(paths.items()):
+        img = sitk.ReadImage(str(path))
+        row = {"old": [], "new": []}
+        for r in range(repeats):
+            for which in (("old", "new") if (i + r) % 2 == 0 else ("new", "old")):
+                c = time.process_time()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    case = preprocess({"FLAIR": img}, opts[which])
+                row[which].append({"cpu_s": round(time.process_time() - c, 3), "load": load1(),
+                                   "wall_stages_s": {k: round(v, 3) for k, v in case.timings.items()},
+                                   **{k: case.registration[k] for k in METRICS}})
+        out[name] = row
+        print(name, json.dumps({w: [(round(x["mutual_information"], 4), round(x["brain_in_head"], 4), x["passed"])
+                                    for x in v] for w, v in row.items()}), flush=True)
+    return out
+
+
+def old_encode(image) -> bytes:
+    """The server's NIfTI encoding before issue 16 (C-contiguous transposed copy, gzip with a CRC pass)."""
+    import gzip
+
+    import nibabel as nib
+    import SimpleITK as sitk
+
+    from uad_label.preprocess.geometry import ras_affine
+
+    nii = nib.Nifti1Image(np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0)), ras_affine(image))
+    nii.set_qform(nii.affine, code=1)
+    nii.set_sform(nii.affine, code=1)
+    return gzip.compress(nii.to_bytes(), compresslevel=1)
+
+
+def compare_encoding(det, path: Path, repeats: int = 5) -> dict:
+    """CPU seconds of encoding the default multipart's three images (map, mask, brain), old and new
+    alternating; the decoded voxels and affines must be equal."""
+    import gzip
+
+    import nibabel as nib
+
+    from uad_label.server.encode import encode_image
+
+    r = det.detect({"FLAIR": path}, {})
+    images = {"map": r.anomaly_map, "mask": r.mask, "brain": r.brain}
+    out = {"old_cpu_s": [], "new_cpu_s": []}
+    for _ in range(repeats):
+        for which, fn in (("old", old_encode), ("new", encode_image)):
+            c = time.process_time()
+            data = {k: fn(v) for k, v in images.items()}
+            out[f"{which}_cpu_s"].append(round(time.process_time() - c, 4))
+            out[f"{which}_bytes"] = {k: len(v) for k, v in data.items()}
+            out[f"{which}_decoded"] = {k: nib.Nifti1Image.from_bytes(gzip.decompress(v)) for k, v in data.items()}
+    out["identical_voxels_and_affine"] = all(
+        np.array_equal(np.asarray(out["old_decoded"][k].dataobj), np.asarray(out["new_decoded"][k].dataobj))
+        and np.allclose(out["old_decoded"][k].affine, out["new_decoded"][k].affine) for k in images)
+    del out["old_decoded"], out["new_decoded"]
+    out["load"] = load1()
+    print("encoding", json.dumps(out), flush=True)
+    return out
+
+
+def tables(res: dict) -> str:
+    lines = ["| scan | in-process median (s) | HTTP median (s) | HTTP / in-process | in-process CPU (s) | "
+             "server CPU (s) | load (1 min) | outcome |", "|---|---|---|---|---|---|---|---|"]
+    for name, row in res["latency"].items():
+        loc, http = row["in_process"], row["http"]
+        lw, hw = np.median([x["wall_s"] for x in loc]), np.median([x["wall_s"] for x in http])
+        lc, hc = np.median([x["cpu_s"] for x in loc]), np.median([x["cpu_s"] for x in http])
+        loads = [x["load"] for x in loc + http]
+        outcome = "map" if all(x["ok"] for x in loc) else "refused (422, registration check)"
+        lines.append(f"| {name} | {lw:.2f} | {hw:.2f} | {hw / lw:.3f} | {lc:.2f} | {hc:.2f} | "
+                     f"{min(loads):.1f}-{max(loads):.1f} | {outcome} |")
+    if res.get("compare"):
+        def rng(runs, key, fmt="{:.4f}"):
+            v = [x[key] for x in runs]
+            return fmt.format(np.median(v)) + (f" [{fmt.format(min(v))}, {fmt.format(max(v))}]" if len(v) > 1 else "")
+
+        lines += ["", "Median [min, max] over the repeats: old / new.", "",
+                  "| scan | Mattes MI old / new | brain in head old / new | FOV coverage old / new | "
+                  "passed old / new | preprocess CPU s old / new | load |", "|---|---|---|---|---|---|---|"]
+        for name, row in res["compare"].items():
+            o, n = row["old"], row["new"]
+            passed = " / ".join(f"{sum(x['passed'] for x in r)}/{len(r)}" for r in (o, n))
+            loads = [x["load"] for x in o + n]
+            lines.append(f"| {name} | {rng(o, 'mutual_information')} / {rng(n, 'mutual_information')} | "
+                         f"{rng(o, 'brain_in_head')} / {rng(n, 'brain_in_head')} | {rng(o, 'fov_coverage')} / "
+                         f"{rng(n, 'fov_coverage')} | {passed} | {rng(o, 'cpu_s', '{:.2f}')} / "
+                         f"{rng(n, 'cpu_s', '{:.2f}')} | {min(loads):.1f}-{max(loads):.1f} |")
+    if res.get("encoding"):
+        e = res["encoding"]
+        lines += ["", f"Encoding the multipart's three images (map, mask, brain) of {e['scan']}, CPU s, "
+                  f"{len(e['old_cpu_s'])} alternating repeats: old median {np.median(e['old_cpu_s']):.3f}, new "
+                  f"median {np.median(e['new_cpu_s']):.3f}; decoded voxels and affines identical: "
+                  f"{e['identical_voxels_and_affine']}; bytes old {e['old_bytes']}, new {e['new_bytes']}."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(RAW))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--detector", default="flair_threshold")
+    ap.add_argument("--no-compare", action="store_true")
+    ap.add_argument("--compare-repeats", type=int, default=3, help="runs of each of old and new defaults per scan")
+    ap.add_argument("--out", default=str(HERE))
+    args = ap.parse_args()
+    import psutil
+
+    from uad_label.detectors import get_detector
+
+    paths = scans_of(Path(args.data))
+    if not paths:
+        raise SystemExit(f"no <patient>/<study>_FLAIR.nii.gz under {args.data}")
+    tmp = Path(tempfile.mkdtemp(prefix="uad_latency_"))
+    studies = tmp / "studies"
+    studies.mkdir()
+    for name, p in paths.items():
+        shutil.copy(p, studies / f"{name}_FLAIR.nii.gz")
+    det = get_detector(args.detector)
+    server = Server(studies, tmp / "server.log")
+    res = {"detector": args.detector, "repeats": args.repeats, "old_defaults": {k: list(v) for k, v in
+                                                                                  OLD_DEFAULTS.items()},
+           "environment_start": environment(), "latency": {}}
+    try:
+        proc = psutil.Process(server.proc.pid)
+        first = next(iter(paths))
+        timed_local(det, studies / f"{first}_FLAIR.nii.gz"), timed_http(server, proc, args.detector,
+                                                                        f"{first}_FLAIR")  # warm-up
+        for name in paths:
+            row = {"in_process": [], "http": []}
+            for _ in range(args.repeats):
+                row["in_process"].append(timed_local(det, studies / f"{name}_FLAIR.nii.gz"))
+                row["http"].append(timed_http(server, proc, args.detector, f"{name}_FLAIR"))
+            res["latency"][name] = row
+            print(name, json.dumps({k: [round(x["wall_s"], 3) for x in v] for k, v in row.items()}), flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if not args.no_compare:
+        first = next(iter(paths))
+        res["encoding"] = {"scan": first, **compare_encoding(det, paths[first])}
+        res["compare"] = compare_defaults(paths, args.compare_repeats)
+    res["environment_end"] = environment()
+    out = Path(args.out)
+    (out / "latency.json").write_text(json.dumps(res, indent=2, default=float))
+    env = res["environment_start"]
+    table = tables(res)
+    md = out / "latency.md"
+    # hand-written findings below the marker survive a rerun
+    notes = md.read_text(encoding="utf-8").split(NOTES, 1)[1] if md.exists() and NOTES in md.read_text(
+        encoding="utf-8") else "\n"
+    md.write_text(
+        f"# Raw clinical FLAIR to map: latency through HTTP (issue 16)\n\n"
+        f"`{args.detector}` on every raw clinical FLAIR of `{Path(args.data).name}` (full preprocessing: N4, "
+        f"registration to MNI152, brain mask, map back to the native grid). Written by `latency.py` "
+        f"(`.venv/bin/python benchmarks/load/latency.py`): in-process `detect` and `POST /infer` (default "
+        f"multipart: float map, mask, brain, JSON) alternate, {args.repeats} repeat(s) per scan after one "
+        f"warm-up of each; CPU seconds are this process's (in-process) and the server process's (HTTP). "
+        f"Targets: HTTP at most 3 s, HTTP / in-process at most 1.05. Then the preprocessing with the previous "
+        f"defaults ({res['old_defaults']}) and today's alternate on each scan, {args.compare_repeats} times each, "
+        f"same run.\n\n"
+        f"{env['date']} to {res['environment_end']['date']}, {env['cpus']} CPUs, SimpleITK "
+        f"{env.get('SimpleITK')}, load (1 min) {env['load_average_1min']:.1f} at the start, "
+        f"{res['environment_end']['load_average_1min']:.1f} at the end.\n\n{table}\n\n{NOTES}{notes}")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
