@@ -206,3 +206,13 @@ def test_nifti_with_nan_is_refused_naming_the_count(tmp_path, name):
     assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))).any()  # ITK alone would say nothing
     with pytest.raises(InputError, match=rf"{name}: 2 voxel\(s\) are NaN; expected finite intensities"):
         load_image(path)
+
+
+def test_atomic_writes_get_the_mode_open_gives_not_mkstemps_0600(tmp_path):
+    from uad_label.atomic import write_text
+
+    write_text(tmp_path / "card.json", "{}")
+    (tmp_path / "plain.json").write_text("{}")  # what open() gives under this process's umask
+    mode = (tmp_path / "card.json").stat().st_mode & 0o777
+    assert mode == (tmp_path / "plain.json").stat().st_mode & 0o777
+    # under the usual umask 022 that is 0644; before, mkstemp's 0600 left cards and weights unreadable to others

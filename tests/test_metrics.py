@@ -4,7 +4,7 @@ from scipy import ndimage as ndi
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from uad_label.evaluation.level_components import filtered_counts
-from uad_label.evaluation.metrics import dice, evaluate_maps, merge_samples, weighted_samples
+from uad_label.evaluation.metrics import PooledEvaluation, dice, evaluate_maps, merge_samples, weighted_samples
 
 
 def brute_force_counts(score, gt, thresholds, max_removed, connectivity):
@@ -117,3 +117,21 @@ def test_pooled_ranking_of_unmerged_volumes_equals_the_merged_ranking():
     np.testing.assert_array_equal(tps, merged[1])
     result = ev.result()
     assert (result["auroc"], result["auprc"]) == auroc_auprc(*merged)
+
+
+def test_add_many_in_threads_equals_adding_one_by_one():
+    rng = np.random.default_rng(7)
+    pairs = []
+    for shape in ((17, 23, 11), (9, 31, 20), (25, 8, 13)):
+        m = rng.random(shape)
+        pairs.append((m, m + 0.3 * rng.standard_normal(shape) > 1.1))
+    thresholds = np.linspace(0, 1, 37)
+    one, many = PooledEvaluation(thresholds, 4), PooledEvaluation(thresholds, 4)
+    for m, g in pairs:
+        one.add(m, g)
+    many.add_many(pairs, workers=3)
+    assert np.array_equal(one.pred, many.pred) and np.array_equal(one.tp, many.tp)
+    assert one.gt_total == many.gt_total and one.pred.sum() > 0
+    assert one.result() == many.result()
+    with pytest.raises(ValueError, match="score_map: expected finite values"):
+        PooledEvaluation(thresholds).add_many([(np.full((4, 4, 4), np.nan), pairs[0][1][:4, :4, :4])] * 2)

@@ -9,6 +9,15 @@ from pathlib import Path
 from typing import Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; done once, at import, before any thread writes
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "", fsync: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write to; on success it replaces `path`, on an
@@ -19,6 +28,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", fsync: bool = False) 
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _FILE_MODE)  # mkstemp makes 0600 files: give the file the mode open() would
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())

@@ -28,6 +28,10 @@ def evaluate(detector: str, data_dir: str | Path, out_dir: str | Path | None = N
     from tqdm import tqdm
 
     t0, c0 = time.perf_counter(), time.process_time()
+    if out_dir is not None:
+        from .plots import prefetch
+
+        prefetch()  # the PR plot's imports overlap the detection
     det = get_detector(detector)
     p = det.validate(params)
     cases = find_cases(data_dir, require_gt=True)
@@ -68,8 +72,7 @@ def evaluate(detector: str, data_dir: str | Path, out_dir: str | Path | None = N
     hi = max(float(m.max()) for m in maps)
     pooled = PooledEvaluation(np.linspace(lo, hi, n_thresholds), max_removed_size=_voxels(p["min_component_mm3"]),
                               connectivity=p["connectivity"])
-    for m, g in zip(maps, gts):
-        pooled.add(m, g)
+    pooled.add_many(zip(maps, gts))
     res = pooled.result()
     metrics = {"detector": detector, "dsc_upper": res["dsc_upper"], "auprc": res["auprc"], "auroc": res["auroc"],
                "best_threshold": res["best_threshold"], "cases": len(cases),

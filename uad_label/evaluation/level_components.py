@@ -51,7 +51,7 @@ def _counts_python_fallback(levels, gt, n_levels, max_small, connectivity):  # p
 
 if numba is not None:
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)
     def _find(parent, i):
         root = i
         while parent[root] != root:
@@ -62,7 +62,7 @@ if numba is not None:
             i = nxt
         return root
 
-    @numba.njit(cache=True)
+    @numba.njit(cache=True, nogil=True)  # nogil: PooledEvaluation.add_many sweeps volumes in threads
     def _sweep(parent, gt_flat, order, level_starts, flat_offsets, max_small):
         # parent: -1 everywhere (inactive), over the padded volume raveled; the zero border means
         # neighbours never leave it. Only small components (<= max_small voxels) are kept in the
