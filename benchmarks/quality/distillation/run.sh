@@ -28,7 +28,7 @@ for m in FLAIR T1 T2; do ln -sfn "$PWD/../shared/data/mslub/patient26/$m.nii.gz"
 holdout=$(cd "$WORK/template" && ls *_FLAIR.nii.gz | sed 's/_FLAIR.nii.gz//' | grep -vxF -f <(tr ' ' '\n' <<<"$TRAIN") \
     | paste -sd, -)
 [ -f "$WORK/weights/segresnet.pt" ] || "$UAD" train segresnet --data "$WORK/template" --config cpu \
-    --out "$WORK/weights" --set preprocessed=true --set "holdout=$holdout"
+    --out "$WORK/weights" --set preprocessed=true --set max_minutes=10 --set "holdout=$holdout"
 mkdir -p "$OUT"
 cp "$WORK/weights/segresnet.json" "$OUT/segresnet_card.json"
 cp "$WORK/weights/segresnet_loss.png" "$OUT/segresnet_loss.png" 2>/dev/null || true
