@@ -45,6 +45,14 @@ def write_bytes(path: str | os.PathLike, data: bytes, fsync: bool = False) -> No
         tmp.write_bytes(data)
 
 
+def copy_file(src: str | os.PathLike, dest: str | os.PathLike, fsync: bool = False) -> None:
+    """Copy `src` to `dest` so that `dest` is whole or absent (streamed, not read into memory)."""
+    import shutil
+
+    with atomic_path(dest, fsync=fsync) as tmp, open(src, "rb") as inp, open(tmp, "wb") as out:
+        shutil.copyfileobj(inp, out, 1 << 20)
+
+
 def write_text(path: str | os.PathLike, text: str, fsync: bool = False) -> None:
     write_bytes(path, text.encode(), fsync)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from typing import Any, Dict
@@ -31,14 +30,9 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
+from ..atomic import copy_file
+
 log = logging.getLogger(__name__)
-
-
-def atomic_copy(src: str, dest: str) -> None:
-    from ..atomic import atomic_path
-
-    with atomic_path(dest, fsync=True) as tmp, open(src, "rb") as inp, open(tmp, "wb") as out:
-        shutil.copyfileobj(inp, out, 1 << 20)
 
 
 class SafeLocalDatastore(LocalDatastore):
@@ -114,7 +108,7 @@ class SafeLocalDatastore(LocalDatastore):
         dest = os.path.realpath(os.path.join(self._datastore.image_path(), name))
         with self.locked():
             self._init_from_datastore_file()
-            atomic_copy(image_filename, dest)
+            copy_file(image_filename, dest, fsync=True)
             info = dict(image_info or {})
             info["ts"] = int(time.time())
             info["name"] = name
@@ -132,7 +126,7 @@ class SafeLocalDatastore(LocalDatastore):
             label_path = self._datastore.label_path(label_tag)
             name = self._filename(image_id, label_ext)
             os.makedirs(label_path, exist_ok=True)
-            atomic_copy(label_filename, os.path.join(label_path, name))
+            copy_file(label_filename, os.path.join(label_path, name), fsync=True)
             info = dict(label_info or {})
             info["ts"] = int(time.time())
             info["name"] = name

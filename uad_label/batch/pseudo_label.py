@@ -90,7 +90,7 @@ def store(root: Path, case: Case, case_dir: Path, tag: str, provenance: dict, da
           modality: str = "FLAIR") -> str | None:
     """Store one case's mask and map as pseudo-labels; returns the label id, or None when the case gained a
     final label meanwhile (it wins: nothing is stored)."""
-    from ..atomic import atomic_path
+    from ..atomic import copy_file
     from .runner import finished
 
     if final_label(root, case.case_id, case.images) is not None:
@@ -105,9 +105,7 @@ def store(root: Path, case: Case, case_dir: Path, tag: str, provenance: dict, da
         return image_id
     label_id = case.case_id
     for t, name in ((tag, "mask.nii.gz"), (tag + MAP_SUFFIX, "map.nii.gz")):
-        dest = root / "labels" / t / f"{label_id}.nii.gz"
-        with atomic_path(dest, suffix=".nii.gz") as tmp:
-            tmp.write_bytes((case_dir / name).read_bytes())
+        copy_file(case_dir / name, root / "labels" / t / f"{label_id}.nii.gz")
     from ..results import write_json_atomic
 
     write_json_atomic(info, root / "labels" / tag / f"{label_id}.json")
@@ -130,7 +128,8 @@ def pseudo_label(detector: str, data: str | Path, out: str | Path, params: dict 
     if engine not in ("local", "ray"):
         raise InputError(f"engine: expected 'local' or 'ray', received {engine!r}")
     det = get_detector(detector)
-    p = dict(det.validate(params or {}))
+    validated = det.validate(params or {})  # passed on: the batch engines do not validate them again
+    p = dict(validated)
     cases = find_cases(root)
     if not cases:
         raise InputError(f"data: no case (FLAIR, T1, T2 ... images) in {root}")
@@ -148,11 +147,11 @@ def pseudo_label(detector: str, data: str | Path, out: str | Path, params: dict 
         if engine == "local":
             from .runner import run_batch
 
-            rows = run_batch(detector, manifest, out, p, force=force, limit=limit, progress=progress)
+            rows = run_batch(detector, manifest, out, validated, force=force, limit=limit, progress=progress)
         else:
             from .ray_engine import run_batch_ray
 
-            rows = run_batch_ray(detector, manifest, out, p, force=force, limit=limit, address=address,
+            rows = run_batch_ray(detector, manifest, out, validated, force=force, limit=limit, address=address,
                                  workers=workers, gpus_per_worker=gpus_per_worker, progress=progress)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         by_id = {c.case_id: c for c in todo}

@@ -33,7 +33,7 @@ class PseudoLabelScoring(ScoringMethod):
 
         tag = check_tag(request.get("tag") or self.detector)
         own = {k: v for k, v in request.items() if k not in CONTROL_KEYS}
-        params = dict(get_detector(self.detector).validate({**self.params, **own}))
+        params = get_detector(self.detector).validate({**self.params, **own})  # pseudo_label() keeps them
         limit = request.get("limit")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise InputError(f"limit: expected a positive integer, received {limit!r}")
