@@ -11,15 +11,17 @@ module receives) alternate. Wall seconds, CPU seconds (this process for in-proce
 for HTTP) and the 1-minute load average are recorded. Scans that fail the registration quality check
 are refused with 422 by both sides (that is recorded, not timed).
 
-Then (unless --no-compare) the preprocessing with the previous defaults (``OLD_DEFAULTS``) and with
-today's alternate on each scan, --compare-repeats times each (``on_registration_failure="warn"``: the
-metrics of refused scans too): CPU seconds and the registration metrics (Mattes MI, brain in head, FOV
-coverage, passed) as median and range, since ITK's threaded metric varies from run to run.
+Then (unless --no-compare) the preprocessing as it was before (``previous_registration``: the template and
+intra-study registrations on ITK's default 2 threads, the unused fixed-image gradient filter on) and as it is
+now alternate on each scan, --compare-repeats times each (``on_registration_failure="warn"``: the metrics of
+refused scans too): CPU and wall seconds and the registration metrics (Mattes MI, brain in head, FOV
+coverage, passed) as median and range, since ITK's threaded metric varied from run to run.
 Prints the tables and writes latency.json and latency.md in --out.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -38,9 +40,10 @@ sys.path[:0] = [str(HERE.parent), str(ROOT / "tests"), str(ROOT)]
 from common import environment  # noqa: E402
 from server_fixture import Server  # noqa: E402
 
+from uad_label.runtime import ENV_REPRODUCIBLE  # noqa: E402
+
 RAW = ROOT.parent / "shared" / "data" / "raw_clinical"
-# PreprocessOptions defaults changed for issue 16 (what they were before)
-OLD_DEFAULTS = {"n4_iterations": (20, 20, 20)}
+PREVIOUS = "the fixed-image gradient filter on (commit 69ad0ad)"
 NOTES = "<!-- notes: kept by latency.py -->"
 METRICS = ("mutual_information", "brain_in_head", "fov_coverage", "passed")
 
@@ -66,6 +69,43 @@ def timed_local(det, path: Path) -> dict:
             "registration": {k: reg.get(k) for k in METRICS}}
 
 
+def latency_run(det, paths: dict[str, Path], detector: str, repeats: int, reproducible: bool) -> dict:
+    """In-process and HTTP alternating on every scan, after one warm-up of each; `reproducible`: both sides
+    with UAD_REPRODUCIBLE_REGISTRATION=1 (the server process and this one)."""
+    import psutil
+
+    env = {ENV_REPRODUCIBLE: "1" if reproducible else "0"}
+    saved = os.environ.get(ENV_REPRODUCIBLE)
+    os.environ.update(env)
+    tmp = Path(tempfile.mkdtemp(prefix="uad_latency_"))
+    studies = tmp / "studies"
+    studies.mkdir()
+    for name, p in paths.items():
+        shutil.copy(p, studies / f"{name}_FLAIR.nii.gz")
+    server = Server(studies, tmp / "server.log", env=env)
+    out = {}
+    try:
+        proc = psutil.Process(server.proc.pid)
+        first = next(iter(paths))
+        timed_local(det, studies / f"{first}_FLAIR.nii.gz"), timed_http(server, proc, detector, f"{first}_FLAIR")
+        for name in paths:
+            row = {"in_process": [], "http": []}
+            for _ in range(repeats):
+                row["in_process"].append(timed_local(det, studies / f"{name}_FLAIR.nii.gz"))
+                row["http"].append(timed_http(server, proc, detector, f"{name}_FLAIR"))
+            out[name] = row
+            print("reproducible" if reproducible else "default", name,
+                  json.dumps({k: [round(x["wall_s"], 3) for x in v] for k, v in row.items()}), flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if saved is None:
+            os.environ.pop(ENV_REPRODUCIBLE, None)
+        else:
+            os.environ[ENV_REPRODUCIBLE] = saved
+    return out
+
+
 def timed_http(server: Server, proc, detector: str, image_id: str) -> dict:
     from requests_toolbelt import MultipartDecoder
 
@@ -82,26 +122,48 @@ def timed_http(server: Server, proc, detector: str, image_id: str) -> dict:
     return out
 
 
+@contextlib.contextmanager
+def previous_registration():
+    """The registration as it was before: the undecorated functions (ITK's default threads) and the fixed
+    gradient filter back on."""
+    import uad_label.preprocess.register as reg
+
+    saved = reg.register_to_template, reg.register_rigid, reg._method
+
+    def method(*a, **kw):
+        m = saved[2](*a, **kw)
+        m.MetricUseFixedImageGradientFilterOn()
+        return m
+
+    reg.register_to_template, reg.register_rigid = saved[0].__wrapped__, saved[1].__wrapped__
+    reg._method = method
+    try:
+        yield
+    finally:
+        reg.register_to_template, reg.register_rigid, reg._method = saved
+
+
 def compare_defaults(paths: dict[str, Path], repeats: int) -> dict:
-    """Old and new preprocessing defaults alternating on each scan, `repeats` times each (ITK's threaded
-    Mattes MI is not bit-reproducible from run to run: the repeats show that noise)."""
+    """Previous and current registration alternating on each scan, `repeats` times each (the previous,
+    threaded Mattes MI was not bit-reproducible from run to run: the repeats show that noise)."""
     import SimpleITK as sitk
 
     from uad_label.preprocess import PreprocessOptions, preprocess
 
-    opts = {"old": PreprocessOptions(on_registration_failure="warn", **OLD_DEFAULTS),
-            "new": PreprocessOptions(on_registration_failure="warn")}
+    opts = PreprocessOptions(on_registration_failure="warn")
+    modes = {"old": previous_registration, "new": contextlib.nullcontext}
     out = {}
     for i, (name, path) in enumerate(paths.items()):
         img = sitk.ReadImage(str(path))
         row = {"old": [], "new": []}
         for r in range(repeats):
             for which in (("old", "new") if (i + r) % 2 == 0 else ("new", "old")):
-                c = time.process_time()
-                with warnings.catch_warnings():
+                c, w = time.process_time(), time.perf_counter()
+                with warnings.catch_warnings(), modes[which]():
                     warnings.simplefilter("ignore")
-                    case = preprocess({"FLAIR": img}, opts[which])
-                row[which].append({"cpu_s": round(time.process_time() - c, 3), "load": load1(),
+                    case = preprocess({"FLAIR": img}, opts)
+                row[which].append({"cpu_s": round(time.process_time() - c, 3),
+                                   "wall_s": round(time.perf_counter() - w, 3), "load": load1(),
                                    "wall_stages_s": {k: round(v, 3) for k, v in case.timings.items()},
                                    **{k: case.registration[k] for k in METRICS}})
         out[name] = row
@@ -153,17 +215,29 @@ def compare_encoding(det, path: Path, repeats: int = 5) -> dict:
     return out
 
 
-def tables(res: dict) -> str:
-    lines = ["| scan | in-process median (s) | HTTP median (s) | HTTP / in-process | in-process CPU (s) | "
-             "server CPU (s) | load (1 min) | outcome |", "|---|---|---|---|---|---|---|---|"]
-    for name, row in res["latency"].items():
+def latency_table(rows: dict) -> list[str]:
+    lines = ["| scan | in-process median (s) | HTTP median (s) | HTTP / in-process | HTTP minus the detector's own "
+             "total (s) | in-process CPU (s) | server CPU (s) | load (1 min) | outcome |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
         loc, http = row["in_process"], row["http"]
         lw, hw = np.median([x["wall_s"] for x in loc]), np.median([x["wall_s"] for x in http])
         lc, hc = np.median([x["cpu_s"] for x in loc]), np.median([x["cpu_s"] for x in http])
+        own = [x["wall_s"] - x["detector_total_s"] for x in http if x.get("detector_total_s") is not None]
         loads = [x["load"] for x in loc + http]
         outcome = "map" if all(x["ok"] for x in loc) else "refused (422, registration check)"
-        lines.append(f"| {name} | {lw:.2f} | {hw:.2f} | {hw / lw:.3f} | {lc:.2f} | {hc:.2f} | "
+        lines.append(f"| {name} | {lw:.2f} | {hw:.2f} | {hw / lw:.3f} | "
+                     f"{f'{np.median(own):.2f}' if own else '-'} | {lc:.2f} | {hc:.2f} | "
                      f"{min(loads):.1f}-{max(loads):.1f} | {outcome} |")
+    return lines
+
+
+def tables(res: dict) -> str:
+    lines = ["Default settings (ITK's 2 threads in registration):", ""] + latency_table(res["latency"])
+    if res.get("latency_reproducible"):
+        lines += ["", "UAD_REPRODUCIBLE_REGISTRATION=1 on both sides (registration on 1 thread: the same work "
+                  "in both paths, so the ratio is the server's overhead):", ""]
+        lines += latency_table(res["latency_reproducible"])
     if res.get("compare"):
         def rng(runs, key, fmt="{:.4f}"):
             v = [x[key] for x in runs]
@@ -171,7 +245,8 @@ def tables(res: dict) -> str:
 
         lines += ["", "Median [min, max] over the repeats: old / new.", "",
                   "| scan | Mattes MI old / new | brain in head old / new | FOV coverage old / new | "
-                  "passed old / new | preprocess CPU s old / new | load |", "|---|---|---|---|---|---|---|"]
+                  "passed old / new | preprocess CPU s old / new | preprocess wall s old / new | load |",
+                  "|---|---|---|---|---|---|---|---|"]
         for name, row in res["compare"].items():
             o, n = row["old"], row["new"]
             passed = " / ".join(f"{sum(x['passed'] for x in r)}/{len(r)}" for r in (o, n))
@@ -179,7 +254,8 @@ def tables(res: dict) -> str:
             lines.append(f"| {name} | {rng(o, 'mutual_information')} / {rng(n, 'mutual_information')} | "
                          f"{rng(o, 'brain_in_head')} / {rng(n, 'brain_in_head')} | {rng(o, 'fov_coverage')} / "
                          f"{rng(n, 'fov_coverage')} | {passed} | {rng(o, 'cpu_s', '{:.2f}')} / "
-                         f"{rng(n, 'cpu_s', '{:.2f}')} | {min(loads):.1f}-{max(loads):.1f} |")
+                         f"{rng(n, 'cpu_s', '{:.2f}')} | {rng(o, 'wall_s', '{:.2f}')} / {rng(n, 'wall_s', '{:.2f}')} | "
+                         f"{min(loads):.1f}-{max(loads):.1f} |")
     if res.get("encoding"):
         e = res["encoding"]
         lines += ["", f"Encoding the multipart's three images (map, mask, brain) of {e['scan']}, CPU s, "
@@ -196,40 +272,22 @@ def main() -> int:
     ap.add_argument("--detector", default="flair_threshold")
     ap.add_argument("--no-compare", action="store_true")
     ap.add_argument("--compare-repeats", type=int, default=3, help="runs of each of old and new defaults per scan")
+    ap.add_argument("--reproducible-repeats", type=int, default=3,
+                    help="repeats with UAD_REPRODUCIBLE_REGISTRATION=1 on both sides (0: skip)")
     ap.add_argument("--out", default=str(HERE))
     args = ap.parse_args()
-    import psutil
-
     from uad_label.detectors import get_detector
 
     paths = scans_of(Path(args.data))
     if not paths:
         raise SystemExit(f"no <patient>/<study>_FLAIR.nii.gz under {args.data}")
-    tmp = Path(tempfile.mkdtemp(prefix="uad_latency_"))
-    studies = tmp / "studies"
-    studies.mkdir()
-    for name, p in paths.items():
-        shutil.copy(p, studies / f"{name}_FLAIR.nii.gz")
     det = get_detector(args.detector)
-    server = Server(studies, tmp / "server.log")
-    res = {"detector": args.detector, "repeats": args.repeats, "old_defaults": {k: list(v) for k, v in
-                                                                                  OLD_DEFAULTS.items()},
-           "environment_start": environment(), "latency": {}}
-    try:
-        proc = psutil.Process(server.proc.pid)
-        first = next(iter(paths))
-        timed_local(det, studies / f"{first}_FLAIR.nii.gz"), timed_http(server, proc, args.detector,
-                                                                        f"{first}_FLAIR")  # warm-up
-        for name in paths:
-            row = {"in_process": [], "http": []}
-            for _ in range(args.repeats):
-                row["in_process"].append(timed_local(det, studies / f"{name}_FLAIR.nii.gz"))
-                row["http"].append(timed_http(server, proc, args.detector, f"{name}_FLAIR"))
-            res["latency"][name] = row
-            print(name, json.dumps({k: [round(x["wall_s"], 3) for x in v] for k, v in row.items()}), flush=True)
-    finally:
-        server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+    res = {"detector": args.detector, "repeats": args.repeats, "previous": PREVIOUS,
+           "environment_start": environment(), "latency": {}, "latency_reproducible": {}}
+    res["latency"] = latency_run(det, paths, args.detector, args.repeats, reproducible=False)
+    if args.reproducible_repeats:
+        res["latency_reproducible"] = latency_run(det, paths, args.detector, args.reproducible_repeats,
+                                                  reproducible=True)
     if not args.no_compare:
         first = next(iter(paths))
         res["encoding"] = {"scan": first, **compare_encoding(det, paths[first])}
@@ -250,9 +308,8 @@ def main() -> int:
         f"(`.venv/bin/python benchmarks/load/latency.py`): in-process `detect` and `POST /infer` (default "
         f"multipart: float map, mask, brain, JSON) alternate, {args.repeats} repeat(s) per scan after one "
         f"warm-up of each; CPU seconds are this process's (in-process) and the server process's (HTTP). "
-        f"Targets: HTTP at most 3 s, HTTP / in-process at most 1.05. Then the preprocessing with the previous "
-        f"defaults ({res['old_defaults']}) and today's alternate on each scan, {args.compare_repeats} times each, "
-        f"same run.\n\n"
+        f"Targets: HTTP at most 3 s, HTTP / in-process at most 1.05. Then the preprocessing as before "
+        f"({PREVIOUS}) and as now alternate on each scan, {args.compare_repeats} times each, same run.\n\n"
         f"{env['date']} to {res['environment_end']['date']}, {env['cpus']} CPUs, SimpleITK "
         f"{env.get('SimpleITK')}, load (1 min) {env['load_average_1min']:.1f} at the start, "
         f"{res['environment_end']['load_average_1min']:.1f} at the end.\n\n{table}\n\n{NOTES}{notes}")
