@@ -6,8 +6,10 @@ which serialise to memory; the geometry (spacing, origin, direction) is the Simp
 """
 from __future__ import annotations
 
-import gzip
 import io
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,6 +40,28 @@ def check_dtype(dtype) -> np.dtype | None:
     return np.dtype(str(dtype))
 
 
+_MEMBER_BYTES = 4 << 20  # no smaller members: threads would cost more than they save
+_pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="uad-gzip")  # threads start on use
+
+
+def _member(chunk: memoryview) -> bytes:
+    c = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip member (header, mtime 0, CRC, size)
+    return c.compress(chunk) + c.flush()
+
+
+def gzip_parallel(raw: bytes) -> bytes:
+    """gzip (level 1) of `raw` as one member per core for large payloads, compressed in threads (zlib lets go
+    of the GIL): a float map of a 320x320x48 scan (19.7 MB) took 0.095 s in one member, the largest part of the
+    server's overhead per request. Concatenated members are one valid gzip file (RFC 1952): Python's gzip,
+    nibabel and ITK's reader (SimpleITK, 3D Slicer) read them as one stream."""
+    n = min(os.cpu_count() or 1, max(1, len(raw) // _MEMBER_BYTES))
+    view = memoryview(raw)
+    if n == 1:
+        return _member(view)
+    step = -(-len(raw) // n)
+    return b"".join(_pool.map(_member, [view[i:i + step] for i in range(0, len(raw), step)]))
+
+
 def encode_image(image: sitk.Image, extension: str = ".nii.gz", dtype: np.dtype | None = None,
                  compress: bool = True) -> bytes:
     """The bytes of `image` as a file with `extension` (voxels cast to `dtype` when given)."""
@@ -54,8 +78,7 @@ def encode_image(image: sitk.Image, extension: str = ".nii.gz", dtype: np.dtype 
         nii.set_qform(nii.affine, code=1)
         nii.set_sform(nii.affine, code=1)
         raw = nii.to_bytes()
-        # mtime=0: one zlib pass writes the gzip header and trailer (no extra CRC pass or concatenation)
-        return gzip.compress(raw, compresslevel=1, mtime=0) if ext == ".nii.gz" else raw
+        return gzip_parallel(raw) if ext == ".nii.gz" else raw
     import nrrd
 
     d = np.array(image.GetDirection(), np.float64).reshape(3, 3)

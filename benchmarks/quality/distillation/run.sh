@@ -12,6 +12,7 @@ WORK=${WORK:-/tmp/uad_pl}
 SYN=${SYN:-/tmp/uad_synth_bench}
 TRAIN=${TRAIN:-"sub-000 sub-001"}
 LIMIT=${LIMIT:-}          # pseudo-label only the first N unlabelled cases (by name): the ones SAMSEG finished
+TEACHER=${TEACHER:-1}     # 0: skip step (c), e.g. while another `uad pseudo-label` run fills the same folders
 SAMSEG_P="-p samples=20 -p burnin=20 -p max_iterations=20 -p deformation_iterations=10"  # `fast` (benchmarks/samseg)
 
 # (a) 10 synthetic subjects (template space) with real MSLUB lesion masks, as the other quality benchmarks build them
@@ -22,8 +23,8 @@ mkdir -p "$WORK/template"
 for f in "$SYN"/sub-00?_{FLAIR,T1,T2}.nii.gz; do ln -sfn "$f" "$WORK/template/"; done
 for m in FLAIR T1 T2; do ln -sfn "$PWD/../shared/data/mslub/patient26/$m.nii.gz" "$WORK/template/patient26_$m.nii.gz"; done
 # (c) the teacher: SAMSEG pseudo-labels (labels/samseg/ in the datastore; its outputs in samseg_template/)
-"$UAD" pseudo-label samseg "$WORK/template" --preprocessed --out "$WORK/samseg_template" $SAMSEG_P \
-    ${LIMIT:+--limit "$LIMIT"}
+[ "$TEACHER" = 0 ] || "$UAD" pseudo-label samseg "$WORK/template" --preprocessed --out "$WORK/samseg_template" \
+    $SAMSEG_P ${LIMIT:+--limit "$LIMIT"}
 # (d) the student, trained on TRAIN's pseudo-labels only
 holdout=$(cd "$WORK/template" && ls *_FLAIR.nii.gz | sed 's/_FLAIR.nii.gz//' | grep -vxF -f <(tr ' ' '\n' <<<"$TRAIN") \
     | paste -sd, -)
