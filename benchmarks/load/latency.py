@@ -11,17 +11,15 @@ module receives) alternate. Wall seconds, CPU seconds (this process for in-proce
 for HTTP) and the 1-minute load average are recorded. Scans that fail the registration quality check
 are refused with 422 by both sides (that is recorded, not timed).
 
-Then (unless --no-compare) the preprocessing as it was before (``previous_registration``: the template and
-intra-study registrations on ITK's default 2 threads, the unused fixed-image gradient filter on) and as it is
-now alternate on each scan, --compare-repeats times each (``on_registration_failure="warn"``: the metrics of
-refused scans too): CPU and wall seconds and the registration metrics (Mattes MI, brain in head, FOV
-coverage, passed) as median and range, since ITK's threaded metric varied from run to run.
+Then (unless --no-compare) the preprocessing of each scan --compare-repeats times (``on_registration_failure=
+"warn"``: the metrics of refused scans too): CPU and wall seconds and the registration metrics (Mattes MI, brain
+in head, FOV coverage, passed) as median and range (ITK's threaded metric varies from run to run), next to the
+same measure of the code before this session's changes (``latency_before.json``, commit 69ad0ad).
 Prints the tables and writes latency.json and latency.md in --out.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -43,7 +41,8 @@ from server_fixture import Server  # noqa: E402
 from uad_label.runtime import ENV_REPRODUCIBLE  # noqa: E402
 
 RAW = ROOT.parent / "shared" / "data" / "raw_clinical"
-PREVIOUS = "the fixed-image gradient filter on (commit 69ad0ad)"
+BEFORE_FILE = HERE / "latency_before.json"  # the registration before this session's changes (commit 69ad0ad)
+BEFORE = json.loads(BEFORE_FILE.read_text())["runs"] if BEFORE_FILE.exists() else {}
 NOTES = "<!-- notes: kept by latency.py -->"
 METRICS = ("mutual_information", "brain_in_head", "fov_coverage", "passed")
 
@@ -122,53 +121,29 @@ def timed_http(server: Server, proc, detector: str, image_id: str) -> dict:
     return out
 
 
-@contextlib.contextmanager
-def previous_registration():
-    """The registration as it was before: the undecorated functions (ITK's default threads) and the fixed
-    gradient filter back on."""
-    import uad_label.preprocess.register as reg
-
-    saved = reg.register_to_template, reg.register_rigid, reg._method
-
-    def method(*a, **kw):
-        m = saved[2](*a, **kw)
-        m.MetricUseFixedImageGradientFilterOn()
-        return m
-
-    reg.register_to_template, reg.register_rigid = saved[0].__wrapped__, saved[1].__wrapped__
-    reg._method = method
-    try:
-        yield
-    finally:
-        reg.register_to_template, reg.register_rigid, reg._method = saved
-
-
-def compare_defaults(paths: dict[str, Path], repeats: int) -> dict:
-    """Previous and current registration alternating on each scan, `repeats` times each (the previous,
-    threaded Mattes MI was not bit-reproducible from run to run: the repeats show that noise)."""
+def registration_runs(paths: dict[str, Path], repeats: int) -> dict:
+    """The preprocessing of each scan `repeats` times (``on_registration_failure="warn"``: the metrics of refused
+    scans too): CPU and wall seconds, stage times and the registration metrics."""
     import SimpleITK as sitk
 
     from uad_label.preprocess import PreprocessOptions, preprocess
 
     opts = PreprocessOptions(on_registration_failure="warn")
-    modes = {"old": previous_registration, "new": contextlib.nullcontext}
     out = {}
-    for i, (name, path) in enumerate(paths.items()):
+    for name, path in paths.items():
         img = sitk.ReadImage(str(path))
-        row = {"old": [], "new": []}
-        for r in range(repeats):
-            for which in (("old", "new") if (i + r) % 2 == 0 else ("new", "old")):
-                c, w = time.process_time(), time.perf_counter()
-                with warnings.catch_warnings(), modes[which]():
-                    warnings.simplefilter("ignore")
-                    case = preprocess({"FLAIR": img}, opts)
-                row[which].append({"cpu_s": round(time.process_time() - c, 3),
-                                   "wall_s": round(time.perf_counter() - w, 3), "load": load1(),
-                                   "wall_stages_s": {k: round(v, 3) for k, v in case.timings.items()},
-                                   **{k: case.registration[k] for k in METRICS}})
-        out[name] = row
-        print(name, json.dumps({w: [(round(x["mutual_information"], 4), round(x["brain_in_head"], 4), x["passed"])
-                                    for x in v] for w, v in row.items()}), flush=True)
+        runs = []
+        for _ in range(repeats):
+            c, w = time.process_time(), time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                case = preprocess({"FLAIR": img}, opts)
+            runs.append({"cpu_s": round(time.process_time() - c, 3), "wall_s": round(time.perf_counter() - w, 3),
+                         "load": load1(), "wall_stages_s": {k: round(v, 3) for k, v in case.timings.items()},
+                         **{k: case.registration[k] for k in METRICS}})
+        out[name] = {"old": BEFORE.get(name, []), "new": runs}
+        print(name, json.dumps([(round(x["mutual_information"], 4), round(x["brain_in_head"], 4), x["passed"])
+                                for x in runs]), flush=True)
     return out
 
 
@@ -271,7 +246,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--detector", default="flair_threshold")
     ap.add_argument("--no-compare", action="store_true")
-    ap.add_argument("--compare-repeats", type=int, default=3, help="runs of each of old and new defaults per scan")
+    ap.add_argument("--compare-repeats", type=int, default=3, help="preprocessing runs per scan for the metrics table")
     ap.add_argument("--reproducible-repeats", type=int, default=3,
                     help="repeats with UAD_REPRODUCIBLE_REGISTRATION=1 on both sides (0: skip)")
     ap.add_argument("--out", default=str(HERE))
@@ -282,7 +257,7 @@ def main() -> int:
     if not paths:
         raise SystemExit(f"no <patient>/<study>_FLAIR.nii.gz under {args.data}")
     det = get_detector(args.detector)
-    res = {"detector": args.detector, "repeats": args.repeats, "previous": PREVIOUS,
+    res = {"detector": args.detector, "repeats": args.repeats, "before": str(BEFORE_FILE.name),
            "environment_start": environment(), "latency": {}, "latency_reproducible": {}}
     res["latency"] = latency_run(det, paths, args.detector, args.repeats, reproducible=False)
     if args.reproducible_repeats:
@@ -291,7 +266,7 @@ def main() -> int:
     if not args.no_compare:
         first = next(iter(paths))
         res["encoding"] = {"scan": first, **compare_encoding(det, paths[first])}
-        res["compare"] = compare_defaults(paths, args.compare_repeats)
+        res["compare"] = registration_runs(paths, args.compare_repeats)
     res["environment_end"] = environment()
     out = Path(args.out)
     (out / "latency.json").write_text(json.dumps(res, indent=2, default=float))
@@ -308,8 +283,9 @@ def main() -> int:
         f"(`.venv/bin/python benchmarks/load/latency.py`): in-process `detect` and `POST /infer` (default "
         f"multipart: float map, mask, brain, JSON) alternate, {args.repeats} repeat(s) per scan after one "
         f"warm-up of each; CPU seconds are this process's (in-process) and the server process's (HTTP). "
-        f"Targets: HTTP at most 3 s, HTTP / in-process at most 1.05. Then the preprocessing as before "
-        f"({PREVIOUS}) and as now alternate on each scan, {args.compare_repeats} times each, same run.\n\n"
+        f"Targets: HTTP at most 3 s, HTTP / in-process at most 1.05. Then the preprocessing of each scan "
+        f"{args.compare_repeats} times (new), next to the same measure of commit 69ad0ad (old: {BEFORE_FILE.name}, "
+        f"an earlier run of the same day).\n\n"
         f"{env['date']} to {res['environment_end']['date']}, {env['cpus']} CPUs, SimpleITK "
         f"{env.get('SimpleITK')}, load (1 min) {env['load_average_1min']:.1f} at the start, "
         f"{res['environment_end']['load_average_1min']:.1f} at the end.\n\n{table}\n\n{NOTES}{notes}")
