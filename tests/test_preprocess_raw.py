@@ -249,3 +249,7 @@ def test_reproducible_registration_setting_is_checked(monkeypatch):
     monkeypatch.setenv("UAD_REPRODUCIBLE_REGISTRATION", "sometimes")
     with pytest.raises(InputError, match="UAD_REPRODUCIBLE_REGISTRATION.*'sometimes'"):
         reproducible_registration_enabled()
+    from uad_label.runtime import configure_threads
+
+    with pytest.raises(InputError, match="UAD_REPRODUCIBLE_REGISTRATION"):  # at process start (CLI, server)
+        configure_threads(0)

@@ -27,6 +27,7 @@ def configure_threads(threads: int | str | None = None) -> int:
         raise InputError(f"threads ({ENV_THREADS}): expected a whole number >= 0, received {value!r}") from None
     if n < 0:
         raise InputError(f"threads ({ENV_THREADS}): expected a whole number >= 0, received {n}")
+    reproducible_registration_enabled()  # a bad UAD_REPRODUCIBLE_REGISTRATION fails at start, not in a request
     if n:
         import SimpleITK as sitk
         import torch
