@@ -28,7 +28,7 @@ from uad_label.preprocess.case import (
     isotropic_ras_grid,
     onto_grid,
 )
-from uad_label.preprocess.geometry import image_to_xyz, ras_affine
+from uad_label.preprocess.geometry import image_to_xyz, ras_affine, same_geometry
 from uad_label.runtime import reproducible_registration
 
 __all__ = [
@@ -235,12 +235,6 @@ def register_rigid(fixed: sitk.Image, moving: sitk.Image, opts: PreprocessOption
     return flatten_affine(tr), info
 
 
-def _same_geometry(a: sitk.Image, b: sitk.Image) -> bool:
-    """Whether two images share their grid (a resampling between them would copy voxels: 0.07 s saved)."""
-    return (a.GetSize() == b.GetSize() and np.allclose(a.GetSpacing(), b.GetSpacing())
-            and np.allclose(a.GetOrigin(), b.GetOrigin()) and np.allclose(a.GetDirection(), b.GetDirection()))
-
-
 def work_grid_for(template: sitk.Image, spacing: float) -> sitk.Image:
     """The template grid at ``spacing`` mm (the template grid itself at its own spacing)."""
     if np.allclose(template.GetSpacing(), spacing):
@@ -339,7 +333,7 @@ def registered_pipeline(imgs: dict, ref_name: str, user_mask, opts: PreprocessOp
                                   out_type=sitk.sitkUInt8)) > 0
     head_w = image_to_xyz(onto_grid(heads[ref_name], grid, to_ref, interp=sitk.sitkNearestNeighbor,
                                      out_type=sitk.sitkUInt8)) > 0
-    tbrain = image_to_xyz(tmask if _same_geometry(tmask, grid) else onto_grid(
+    tbrain = image_to_xyz(tmask if same_geometry(tmask, grid, tol=1e-6) else onto_grid(
         tmask, grid, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)) > 0
     if user_mask is not None:
         brain = image_to_xyz(onto_grid(user_mask, grid, to_ref, interp=sitk.sitkLinear)) >= 0.5

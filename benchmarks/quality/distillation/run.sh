@@ -13,7 +13,7 @@ SYN=${SYN:-/tmp/uad_synth_bench}
 TRAIN=${TRAIN:-"sub-000 sub-001"}
 LIMIT=${LIMIT:-}          # pseudo-label only the first N unlabelled cases (by name): the ones SAMSEG finished
 TEACHER=${TEACHER:-1}     # 0: skip step (c), e.g. while another `uad pseudo-label` run fills the same folders
-SAMSEG_P="-p samples=20 -p burnin=20 -p max_iterations=20 -p deformation_iterations=10"  # `fast` (benchmarks/samseg)
+source benchmarks/samseg/fast_params.sh  # SAMSEG_P: the `fast` settings
 
 # (a) 10 synthetic subjects (template space) with real MSLUB lesion masks, as the other quality benchmarks build them
 [ -f "$SYN/ground_truth/sub-009.nii.gz" ] || "$UAD" sample-data "$SYN" --n-healthy 0 --n-lesion 10 \
