@@ -76,6 +76,32 @@ def test_a_rerun_resumes_and_different_parameters_are_refused(ds, tmp_path):
         pseudo_label("flair_threshold", ds, out, {**PRE, "threshold": 0.95}, tag="flair")
 
 
+def test_a_run_stopped_midway_keeps_the_labels_of_the_cases_it_finished(ds, tmp_path, monkeypatch):
+    """SAMSEG takes 20 minutes a case: a batch killed after hours keeps what it finished, stored as it went."""
+    from uad_label.batch import runner
+
+    process, seen = runner.process, []
+
+    def stop_at_the_second_case(det, case, case_dir, params):
+        seen.append(case.case_id)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return process(det, case, case_dir, params)
+
+    monkeypatch.setattr(runner, "process", stop_at_the_second_case)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        pseudo_label("flair_threshold", ds, out, PRE, tag="flair")
+    assert seen == ["sub-000", "sub-001"]
+    assert sorted(p.name for p in (ds / "labels" / "flair").iterdir()) == ["sub-000_FLAIR.nii.gz"]
+    objects = json.loads((ds / "datastore_v2.json").read_text())["objects"]
+    assert objects["sub-000_FLAIR"]["labels"]["flair"]["info"]["detector"] == "flair_threshold"
+    monkeypatch.setattr(runner, "process", process)
+    s = pseudo_label("flair_threshold", ds, out, PRE, tag="flair")  # the rerun runs sub-001 only
+    assert s["labelled"] == ["sub-000_FLAIR", "sub-001_FLAIR"]
+    assert (ds / "labels" / "flair" / "sub-001_FLAIR.nii.gz").is_file()
+
+
 def test_a_failing_case_is_recorded_and_the_others_are_labelled(ds, tmp_path):
     (ds / "sub-001_FLAIR.nii.gz").write_bytes(b"not an image")
     s = pseudo_label("flair_threshold", ds, tmp_path / "out", PRE, tag="flair")

@@ -5,11 +5,12 @@ every unlabelled case, stored as labels with the detector's own tag, for a fast 
   a case with one is skipped, and a final label saved while the run goes on is not overwritten or shadowed).
 - The detector runs through the batch engines (`runner.run_batch`, or `ray_engine.run_batch_ray`), into OUT:
   resumable (finished cases are skipped), failures recorded per case, the same files as `uad batch`.
-- Each finished case's mask goes to labels/<tag>/ and its float map to labels/<tag>_map/, with provenance in
-  the label's info (detector, package version, parameters, threshold and its source, date, image score). In a
-  MONAI Label datastore (the cases' images lie directly in the folder) this goes through the datastore (info in
-  datastore_v2.json, atomic copies); in a folder of case folders, to labels/<tag>/<case>.nii.gz with the info in
-  <case>.json beside it.
+- Each case's mask goes to labels/<tag>/ and its float map to labels/<tag>_map/ as soon as the case has run (a
+  run stopped midway keeps the labels of the cases it finished; a rerun stores those a previous run left), with
+  provenance in the label's info (detector, package version, parameters, threshold and its source, date, image
+  score). In a MONAI Label datastore (the cases' images lie directly in the folder) this goes through the
+  datastore (info in datastore_v2.json, atomic copies); in a folder of case folders, to
+  labels/<tag>/<case>.nii.gz with the info in <case>.json beside it.
 - The tag is never `final` or `original` (MONAI Label's own) and never ends in `_map`.
 """
 from __future__ import annotations
@@ -143,37 +144,46 @@ def pseudo_label(detector: str, data: str | Path, out: str | Path, params: dict 
                "final_meanwhile": [], "engine": engine}
     if todo:
         manifest = _write_manifest(todo, out / "pseudo_cases.csv")
-        t0 = time.perf_counter()
-        if engine == "local":
-            from .runner import run_batch
-
-            rows = run_batch(detector, manifest, out, validated, force=force, limit=limit, progress=progress)
-        else:
-            from .ray_engine import run_batch_ray
-
-            rows = run_batch_ray(detector, manifest, out, validated, force=force, limit=limit, address=address,
-                                 workers=workers, gpus_per_worker=gpus_per_worker, progress=progress)
-        summary["seconds"] = round(time.perf_counter() - t0, 2)
         by_id = {c.case_id: c for c in todo}
         if datastore is None and _is_datastore(root, cases):
             from ..active.datastore import SafeLocalDatastore
 
             datastore = SafeLocalDatastore(str(root), auto_reload=False)
         modality = det.modalities[0]
-        for row in sorted(rows, key=lambda r: r["case"]):  # the Ray engine returns them as they finish
+        stored: set[str] = set()
+
+        def keep(row: dict) -> None:
+            """Store one case's pseudo-label as soon as it has run: a run stopped after hours keeps them."""
             case = by_id.get(row["case"])
-            if case is None:
-                continue
+            if case is None or row["case"] in stored:
+                return
+            stored.add(row["case"])
             if row["status"] != "ok":
                 summary["failed"].append({"case": row["case"], "error": row["error"]})
-                continue
+                return
             case_dir = case_folder(out, case.case_id)
             info = json.loads((case_dir / "result.json").read_text(encoding="utf-8"))
             label_id = store(root, case, case_dir, tag, _provenance(detector, p, info), datastore, modality)
-            if label_id is None:
-                summary["final_meanwhile"].append(case.case_id)
-            else:
-                summary["labelled"].append(label_id)
+            (summary["final_meanwhile"] if label_id is None else summary["labelled"]).append(label_id or case.case_id)
+
+        t0 = time.perf_counter()
+        if engine == "local":
+            from .runner import run_batch
+
+            rows = run_batch(detector, manifest, out, validated, force=force, limit=limit, progress=progress,
+                             on_result=keep)
+        else:
+            from .ray_engine import run_batch_ray
+
+            rows = run_batch_ray(detector, manifest, out, validated, force=force, limit=limit, address=address,
+                                 workers=workers, gpus_per_worker=gpus_per_worker, progress=progress,
+                                 on_result=lambda row, _state: keep(row))
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        for row in sorted(rows, key=lambda r: r["case"]):  # the cases a previous run finished
+            keep(row)
+        for key in ("labelled", "final_meanwhile"):
+            summary[key].sort()
+        summary["failed"].sort(key=lambda f: f["case"])
     from ..results import write_json_atomic
 
     write_json_atomic(summary, out / "pseudo_label.json")

@@ -194,7 +194,9 @@ def throughput(n_run: int, seconds: float) -> dict:
 
 def run_batch(detector: str, input_dir: str | Path, out_dir: str | Path, params: dict | None = None,
               force: bool = False, limit: int | None = None,
-              progress: Callable | None = None) -> list[dict]:
+              progress: Callable | None = None, on_result: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run `detector` over the cases of `input_dir` into `out_dir` (finished cases skipped); `on_result` gets
+    each case's row as soon as that case has run (not the skipped ones)."""
     from ..detectors import get_detector
 
     det = get_detector(detector)
@@ -209,6 +211,8 @@ def run_batch(detector: str, input_dir: str | Path, out_dir: str | Path, params:
     for case, case_dir in todo:
         show_progress(bar, rows, t0, n_skipped, case.case_id)
         rows.append(process(det, case, case_dir, p))
+        if on_result:
+            on_result(rows[-1])
         if bar:
             bar.update(1)
     show_progress(bar, rows, t0, n_skipped)
