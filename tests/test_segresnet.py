@@ -147,6 +147,33 @@ def test_bad_data_is_named(trained, tmp_path):
     assert not (tmp_path / "segresnet.pt").exists()
 
 
+def test_template_space_is_told_per_case_so_raw_and_template_folders_mix(tmp_path):
+    """`--data RAW --data TEMPLATE`: raw cases are registered, template-space ones (a sample-data manifest, or a
+    FLAIR on the 1 mm template grid) are not registered again."""
+    from types import SimpleNamespace
+
+    from uad_label.training.segresnet import _preprocessed
+
+    def case(folder: str, size, spacing, manifest: bool = False):
+        d = tmp_path / folder
+        d.mkdir()
+        img = sitk.Image(list(size), sitk.sitkUInt8)
+        img.SetSpacing(spacing)
+        sitk.WriteImage(img, str(d / "x_FLAIR.nii.gz"))
+        if manifest:
+            (d / "manifest.json").write_text(json.dumps({"geometry": "template"}), encoding="utf-8")
+        return SimpleNamespace(source=d, images={"FLAIR": str(d / "x_FLAIR.nii.gz")})
+
+    raw = case("raw", (320, 320, 36), (0.72, 0.72, 4.0))
+    mni = case("mni", (182, 218, 182), (1.0, 1.0, 1.0))
+    nilearn = case("nilearn", (197, 233, 189), (1.0, 1.0, 1.0))
+    small = case("small", (46, 55, 46), (4.0, 4.0, 4.0), manifest=True)
+    anisotropic = case("aniso", (182, 218, 182), (1.0, 1.0, 1.2))
+    assert [_preprocessed(c, None) for c in (raw, mni, nilearn, small, anisotropic)] == [False, True, True, True,
+                                                                                          False]
+    assert _preprocessed(raw, True) is True and _preprocessed(mni, False) is False  # the override wins
+
+
 def test_tta_is_the_mean_of_flipped_passes_and_their_variance():
     from uad_label.networks.segresnet import build, predict
 

@@ -26,9 +26,13 @@ __all__ = [
     "load_template_gm",
     "load_template_wm",
     "template_affine",
+    "on_template_grid",
     "TEMPLATE_FILES",
+    "TEMPLATE_SHAPES",
 ]
 
+# the MNI152 2009 grid (nilearn's) and FSL's MNI152 grid, both 1 mm: what template-space data comes on
+TEMPLATE_SHAPES = {(197, 233, 189), (182, 218, 182)}
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -90,3 +94,16 @@ def template_affine() -> np.ndarray:
     from uad_label.preprocess.geometry import ras_affine
 
     return ras_affine(_load_scaled("t1"))
+
+
+def on_template_grid(image: sitk.Image | str | Path) -> bool:
+    """Whether an image (or an image file, header only) lies on a 1 mm MNI152 template grid: data already in
+    template space, that preprocessing must not register again."""
+    if not isinstance(image, sitk.Image):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(image))
+        reader.ReadImageInformation()
+        size, spacing = reader.GetSize(), reader.GetSpacing()
+    else:
+        size, spacing = image.GetSize(), image.GetSpacing()
+    return tuple(int(n) for n in size) in TEMPLATE_SHAPES and bool(np.allclose(spacing, 1.0, atol=1e-3))

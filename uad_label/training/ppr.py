@@ -43,18 +43,17 @@ CONFIGS = {
              "lr": 1e-4, "max_volumes": 0, "max_minutes": 0.0, "eval_every": 1000, "eval_batches": 16,
              "modalities": ["FLAIR"]},
 }
-TEMPLATE_SHAPES = {(197, 233, 189), (182, 218, 182)}
 
 
 def _load_volume(files: dict, modalities, preprocessed):
-    import SimpleITK as sitk
 
     from ..networks.ppr_maps import intensity_input
     from ..preprocess import PreprocessOptions, preprocess
 
-    ref = sitk.ReadImage(str(files[modalities[0]]))
     if preprocessed is None:  # template-space data: the template / FSL MNI grid at 1 mm
-        preprocessed = tuple(ref.GetSize()) in TEMPLATE_SHAPES and np.allclose(ref.GetSpacing(), 1.0, atol=1e-3)
+        from ..template import on_template_grid
+
+        preprocessed = on_template_grid(files[modalities[0]])
     case = preprocess({m: str(files[m]) for m in modalities}, PreprocessOptions(preprocessed=bool(preprocessed)),
                       reference=modalities[0])
     return intensity_input(case, modalities), case.brain, case.affine

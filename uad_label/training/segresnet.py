@@ -151,10 +151,15 @@ def _relative(path, root) -> str:
         return str(path)
 
 
-def _preprocessed(source: Path, override) -> bool:
+def _preprocessed(case, override) -> bool:
+    """Template-space input (no registration): the override, else a sample-data manifest saying so, else a FLAIR
+    on the template grid; several --data folders may mix raw and template-space cases."""
+    from ..template import on_template_grid
     from .recon_common import is_template_space
 
-    return bool(override) if override is not None else is_template_space(source)
+    if override is not None:
+        return bool(override)
+    return is_template_space(case.source) or on_template_grid(case.images["FLAIR"])
 
 
 def prepare_case(x, y, crop: int) -> dict:
@@ -287,7 +292,7 @@ def _train(request, cfg) -> dict:
     data, rows, skipped, kept = [], [], {}, []
     for i, c in enumerate(cases):
         try:
-            x, y, present = load_case(c, cfg["spacing_mm"], _preprocessed(c.source, cfg["preprocessed"]))
+            x, y, present = load_case(c, cfg["spacing_mm"], _preprocessed(c, cfg["preprocessed"]))
         except (InputError, RegistrationError) as exc:  # one unusable case (bad label, failed registration)
             skipped[c.case_id] = str(exc)
             log.warning("segresnet: case %s left out: %s", c.case_id, exc)
