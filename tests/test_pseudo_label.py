@@ -96,6 +96,14 @@ def test_a_run_stopped_midway_keeps_the_labels_of_the_cases_it_finished(ds, tmp_
     assert sorted(p.name for p in (ds / "labels" / "flair").iterdir()) == ["sub-000_FLAIR.nii.gz"]
     objects = json.loads((ds / "datastore_v2.json").read_text())["objects"]
     assert objects["sub-000_FLAIR"]["labels"]["flair"]["info"]["detector"] == "flair_threshold"
+    # a rerun stores what an earlier run finished before it runs anything (here the label was lost)
+    (ds / "labels" / "flair" / "sub-000_FLAIR.nii.gz").unlink()
+    seen.clear()
+    seen.append("a first case")  # the rerun's first case is stopped
+    with pytest.raises(KeyboardInterrupt):
+        pseudo_label("flair_threshold", ds, out, PRE, tag="flair")
+    assert seen == ["a first case", "sub-001"]
+    assert (ds / "labels" / "flair" / "sub-000_FLAIR.nii.gz").is_file()
     monkeypatch.setattr(runner, "process", process)
     s = pseudo_label("flair_threshold", ds, out, PRE, tag="flair")  # the rerun runs sub-001 only
     assert s["labelled"] == ["sub-000_FLAIR", "sub-001_FLAIR"]

@@ -179,7 +179,7 @@ def pseudo_label(detector: str, data: str | Path, out: str | Path, params: dict 
                                  workers=workers, gpus_per_worker=gpus_per_worker, progress=progress,
                                  on_result=lambda row, _state: keep(row))
         summary["seconds"] = round(time.perf_counter() - t0, 2)
-        for row in sorted(rows, key=lambda r: r["case"]):  # the cases a previous run finished
+        for row in rows:  # each was kept as it came (keep() skips those); none is left out of the summary
             keep(row)
         for key in ("labelled", "final_meanwhile"):
             summary[key].sort()

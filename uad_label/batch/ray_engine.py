@@ -107,10 +107,12 @@ def run_batch_ray(detector: str, input_path: str | Path, out_dir: str | Path, pa
     out = Path(out_dir)
     todo, rows = runner.plan(input_path, out, force, limit)
     n_skipped = len(rows)
+    state = RayRun()
+    for row in rows if on_result else ():  # the finished cases first, like the local engine
+        on_result(row, state)
     if not todo:  # everything finished: nothing to start a cluster for
         return runner.write_summary(rows, out, detector, p, {"engine": "ray", "workers": workers,
                                                              "address": address or "local", **runner.throughput(0, 0)})
-    state = RayRun()
     t_start = time.perf_counter()
     started = _connect(address, workers)
     actors = []

@@ -196,7 +196,7 @@ def run_batch(detector: str, input_dir: str | Path, out_dir: str | Path, params:
               force: bool = False, limit: int | None = None,
               progress: Callable | None = None, on_result: Callable[[dict], None] | None = None) -> list[dict]:
     """Run `detector` over the cases of `input_dir` into `out_dir` (finished cases skipped); `on_result` gets
-    each case's row as soon as that case has run (not the skipped ones)."""
+    each case's row as soon as it is known: the finished ones first, then each case as it has run."""
     from ..detectors import get_detector
 
     det = get_detector(detector)
@@ -204,6 +204,8 @@ def run_batch(detector: str, input_dir: str | Path, out_dir: str | Path, params:
     out = Path(out_dir)
     todo, rows = plan(input_dir, out, force, limit)
     n_skipped = len(rows)
+    for row in rows if on_result else ():
+        on_result(row)
     bar = progress(total=n_skipped + len(todo)) if progress else None
     if bar:
         bar.update(n_skipped)
