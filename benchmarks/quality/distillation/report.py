@@ -13,7 +13,9 @@ import SimpleITK as sitk
 
 DETECTORS = ("segresnet", "samseg", "flair_threshold")
 SETS = {"heldout_syn": "held-out synthetic subjects", "heldout_samseg": "held-out synthetic subjects SAMSEG finished",
-        "p26": "MSLUB patient 26 (held out)"}
+        "p26": "MSLUB patient 26 (held out)",
+        "heldout_raw": "held-out raw clinical studies (GT: lesion changes only)"}
+TEACHER = {"heldout_raw": "samseg_raw"}  # where SAMSEG's outputs of a set lie (else samseg_template)
 
 
 def _mask(path: Path) -> np.ndarray:
@@ -29,18 +31,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--eval", type=Path, default=None, help="the uad evaluate outputs (default WORK/eval)")
     ap.add_argument("--train", required=True)
+    ap.add_argument("--raw-train", default="")
     a = ap.parse_args()
+    ev = a.eval or a.work / "eval"
     rows, agreement = [], []
     for s in SETS:
         for det in DETECTORS:
-            f = a.work / "eval" / f"{s}_{det}" / "metrics.json"
+            f = ev / f"{s}_{det}" / "metrics.json"
             if not f.is_file():
                 continue
             m = json.loads(f.read_text())
             per = m["per_case"]
             if det == "samseg":  # --results: the run's own time per case (batch_seconds of its result.json)
-                secs = [json.loads((a.work / "samseg_template" / r["case"] / "result.json").read_text())
+                secs = [json.loads((a.work / TEACHER.get(s, "samseg_template") / r["case"] / "result.json").read_text())
                         ["batch_seconds"] for r in per]
             else:
                 secs = [r["seconds"] for r in per]
@@ -49,8 +54,8 @@ def main() -> None:
                          "seconds_per_case": float(np.mean(secs)), "case_ids": [r["case"] for r in per]})
             if det == "segresnet":
                 for r in per:
-                    teacher = a.work / "samseg_template" / r["case"] / "mask.nii.gz"
-                    student = a.work / "eval" / f"{s}_{det}" / "cases" / r["case"] / "mask.nii.gz"
+                    teacher = a.work / TEACHER.get(s, "samseg_template") / r["case"] / "mask.nii.gz"
+                    student = ev / f"{s}_{det}" / "cases" / r["case"] / "mask.nii.gz"
                     if teacher.is_file() and student.is_file() and s != "heldout_samseg":
                         agreement.append({"case": r["case"], "dice_student_vs_teacher":
                                           _dice(_mask(student), _mask(teacher))})
@@ -58,7 +63,7 @@ def main() -> None:
     res = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="minutes"),
            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores (shared), load "
                       f"{' '.join(f'{x:.1f}' for x in __import__('os').getloadavg())}",
-           "train_cases": a.train.split(), "rows": rows, "agreement": agreement,
+           "train_cases": a.train.split() + a.raw_train.split(), "rows": rows, "agreement": agreement,
            "training": {k: card.get(k) for k in ("config", "data", "training", "settings") if k in card}}
     (a.out / "results.json").write_text(json.dumps(res, indent=2))
     lines = [f"# Distillation: SAMSEG pseudo-labels -> segresnet ({res['date']}, {res['machine']})", "",
