@@ -49,6 +49,31 @@ def test_ras_reorientation_is_exact_and_consistent(name):
     assert np.all(np.argmax(np.abs(aff_w[:3, :3]), axis=0) == [0, 1, 2])
 
 
+@pytest.mark.parametrize("name", list(DIRECTIONS))
+def test_resampling_on_reversed_axes_equals_the_transposed_way(name):
+    """onto_grid_xyz / xyz_for_resampling skip image_to_xyz's and xyz_to_image's transposed copies: same voxels."""
+    from uad_label.preprocess.case import onto_grid, onto_grid_xyz
+    from uad_label.preprocess.geometry import xyz_for_resampling, xyz_to_image
+
+    src = _image(DIRECTIONS[name], size=(23, 19, 11))
+    grid = _image(DIRECTIONS["oblique"], size=(17, 13, 29), spacing=(1.1, 0.8, 1.3))
+    centre = np.array(src.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in src.GetSize()]))
+    offset = np.array(grid.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in grid.GetSize()]))
+    grid.SetOrigin(tuple(np.array(grid.GetOrigin()) + centre - offset))  # the grids overlap
+    tr = sitk.Euler3DTransform((0, 0, 0), 0.1, -0.05, 0.2, (1.5, -2.0, 0.5))
+    for interp, ulps in ((sitk.sitkNearestNeighbor, 0), (sitk.sitkLinear, 1)):
+        want = image_to_xyz(onto_grid(src, grid, tr, interp=interp, fill=-1.0))
+        got = onto_grid_xyz(src, grid, tr, interp=interp, fill=-1.0)
+        assert got.shape == want.shape == tuple(grid.GetSize()) and got.flags.c_contiguous
+        assert (want != -1).mean() > 0.05  # the grids overlap
+        assert np.all(np.abs(got - want) <= ulps * np.spacing(np.abs(want)))
+        back_want = sitk.GetArrayFromImage(sitk.Resample(xyz_to_image(want, grid), src, tr.GetInverse(), interp))
+        back = sitk.GetArrayFromImage(sitk.Resample(xyz_for_resampling(want, grid), src, tr.GetInverse(), interp))
+        assert np.all(np.abs(back - back_want) <= ulps * np.spacing(np.abs(back_want)))
+    with pytest.raises(ValueError, match="does not match the grid size"):
+        xyz_for_resampling(np.zeros((3, 3, 3)), grid)
+
+
 @pytest.mark.parametrize("name", ["LAS (FSL MNI)", "sagittal PIR", "oblique"])
 def test_template_space_mode_roundtrip(name):
     flair = _image(DIRECTIONS[name])

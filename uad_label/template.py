@@ -23,6 +23,7 @@ __all__ = [
     "template_data_dir",
     "load_template_t1",
     "load_template_brain_mask",
+    "template_brain_xyz",
     "load_template_gm",
     "load_template_wm",
     "template_affine",
@@ -87,6 +88,16 @@ def _brain_mask(threshold: float) -> sitk.Image:
 def load_template_brain_mask(threshold: float = 0.2) -> sitk.Image:
     """Template brain mask, uint8 {0,1}: T1 template > ``threshold`` (nilearn's definition)."""
     return sitk.Image(_brain_mask(float(threshold)))
+
+
+@functools.lru_cache(maxsize=4)
+def template_brain_xyz(threshold: float = 0.2) -> np.ndarray:
+    """The template brain mask as a read-only (x, y, z) bool array (cached: every raw scan needs it)."""
+    from uad_label.preprocess.geometry import image_to_xyz
+
+    arr = image_to_xyz(_brain_mask(float(threshold))) > 0
+    arr.setflags(write=False)
+    return arr
 
 
 def template_affine() -> np.ndarray:

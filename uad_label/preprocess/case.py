@@ -13,10 +13,12 @@ import SimpleITK as sitk
 from .geometry import (
     LPS_TO_RAS,
     RASReorientation,
+    axes_reversed,
     image_to_xyz,
     lps_to_ras_points,
     ras_affine,
     same_geometry,
+    xyz_for_resampling,
     xyz_to_image,
 )
 
@@ -191,7 +193,7 @@ class PreprocessedCase:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATORS)}, got {interpolation!r}")
         if interpolation != "nearest" and arr.dtype != np.float64:
             arr = arr.astype(np.float32)
-        img = xyz_to_image(arr, self.work_grid)
+        img = xyz_for_resampling(arr, self.work_grid)
         inv = self.work_to_native.GetInverse()
         out_type = img.GetPixelID()
         out = sitk.Resample(img, self.native_reference, inv, INTERPOLATORS[interpolation], float(fill), out_type)
@@ -211,8 +213,7 @@ class PreprocessedCase:
         tr = self.work_to_native if self.work_to_native is not None else sitk.Transform()
         interp = INTERPOLATORS[interpolation]
         out_type = image.GetPixelID() if interpolation == "nearest" else sitk.sitkFloat32
-        out = sitk.Resample(image, self.work_grid, tr, interp, float(fill), out_type)
-        return image_to_xyz(out)
+        return onto_grid_xyz(image, self.work_grid, tr, interp, out_type, float(fill))
 
     # ---- coordinates ----------------------------------------------------------------------
     def work_voxel_to_work_ras(self, points_xyz: np.ndarray) -> np.ndarray:
@@ -246,6 +247,14 @@ def onto_grid(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform | N
                interp=sitk.sitkLinear, out_type=sitk.sitkFloat32, fill: float = 0.0) -> sitk.Image:
     """`image` resampled onto `grid` (through `transform`, identity by default)."""
     return sitk.Resample(image, grid, transform or sitk.Transform(), interp, fill, out_type)
+
+
+def onto_grid_xyz(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform | None = None,
+                  interp=sitk.sitkLinear, out_type=sitk.sitkFloat32, fill: float = 0.0) -> np.ndarray:
+    """``image_to_xyz(onto_grid(...))`` without its transposed copy: resampled onto the axes-reversed grid."""
+    size, spacing, origin, direction = axes_reversed(grid)
+    return sitk.GetArrayFromImage(sitk.Resample(image, size, transform or sitk.Transform(), interp, origin, spacing,
+                                                direction, fill, out_type))
 
 
 def isotropic_ras_grid(image: sitk.Image, spacing: float = 1.0) -> sitk.Image:

@@ -17,6 +17,8 @@ __all__ = [
     "ras_affine",
     "image_to_xyz",
     "xyz_to_image",
+    "axes_reversed",
+    "xyz_for_resampling",
     "RASReorientation",
     "same_geometry",
     "lps_to_ras_points",
@@ -63,6 +65,33 @@ def xyz_to_image(array: np.ndarray, reference: sitk.Image | None = None) -> sitk
         img.SetOrigin(reference.GetOrigin())
         img.SetSpacing(reference.GetSpacing())
         img.SetDirection(reference.GetDirection())
+    return img
+
+
+def axes_reversed(grid: sitk.Image) -> tuple[tuple, tuple, tuple, tuple]:
+    """(size, spacing, origin, direction) of ``grid``'s voxels with the axes in reverse order (k, j, i):
+    SimpleITK's (z, y, x) array of an image on that geometry is ``grid``'s (x, y, z) array, in C order.
+    Resampling onto it (:func:`uad_label.preprocess.case.onto_grid_xyz`) or from an image on it
+    (:func:`xyz_for_resampling`) gives the values of ``grid`` (nearest: bit for bit; linear: 1 voxel in 8.7 M
+    one float32 ulp apart, raw patient01/study1's native maps identical) without the transposed copy of
+    :func:`image_to_xyz` / :func:`xyz_to_image` (0.04-0.07 s per 1 mm brain volume). For resampling only: a file
+    written on it has its axes in reverse order."""
+    d = np.array(grid.GetDirection(), dtype=np.float64).reshape(3, 3)[:, ::-1]
+    return (tuple(int(n) for n in grid.GetSize()[::-1]), tuple(grid.GetSpacing()[::-1]), tuple(grid.GetOrigin()),
+            tuple(d.ravel()))
+
+
+def xyz_for_resampling(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    """An (i, j, k) array on ``grid`` as a SimpleITK image to resample from, without transposing it (its axes
+    are reversed: :func:`axes_reversed`)."""
+    arr = np.asarray(array)
+    if tuple(grid.GetSize()) != tuple(arr.shape):
+        raise ValueError(f"array shape {arr.shape} does not match the grid size {grid.GetSize()}")
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.astype(np.uint8) if arr.dtype == bool else arr))
+    _, spacing, origin, direction = axes_reversed(grid)
+    img.SetSpacing(spacing)
+    img.SetOrigin(origin)
+    img.SetDirection(direction)
     return img
 
 

@@ -27,8 +27,9 @@ from uad_label.preprocess.case import (
     RegistrationError,
     isotropic_ras_grid,
     onto_grid,
+    onto_grid_xyz,
 )
-from uad_label.preprocess.geometry import image_to_xyz, ras_affine, same_geometry
+from uad_label.preprocess.geometry import ras_affine, same_geometry
 from uad_label.runtime import reproducible_registration
 
 __all__ = [
@@ -278,7 +279,7 @@ def registered_pipeline(imgs: dict, ref_name: str, user_mask, opts: PreprocessOp
                         timings: dict) -> PreprocessedCase:
     """Raw scans: N4 -> register reference to the template (others rigidly to the reference)
     -> resample into the template grid -> brain mask from the template (or the user's mask)."""
-    from uad_label.template import load_template_brain_mask, load_template_t1
+    from uad_label.template import load_template_brain_mask, load_template_t1, template_brain_xyz
 
     ref = imgs[ref_name]
     t0 = time.perf_counter()
@@ -327,16 +328,16 @@ def registered_pipeline(imgs: dict, ref_name: str, user_mask, opts: PreprocessOp
     interp = INTERPOLATORS[opts.interpolation]
     # the reference's points outside the scan get NaN: its field of view without resampling an image of ones
     # (ITK's inside-the-buffer rule is one for every interpolator: the same voxels, 0.1 s less)
-    arrays = {k: image_to_xyz(onto_grid(corrected[k], grid, transforms[k], interp=interp,
-                                        fill=np.nan if k == ref_name else 0.0), np.float32) for k in imgs}
+    arrays = {k: onto_grid_xyz(corrected[k], grid, transforms[k], interp=interp,
+                               fill=np.nan if k == ref_name else 0.0) for k in imgs}
     fov = ~np.isnan(arrays[ref_name])
     arrays[ref_name][~fov] = 0.0
-    head_w = image_to_xyz(onto_grid(heads[ref_name], grid, to_ref, interp=sitk.sitkNearestNeighbor,
-                                     out_type=sitk.sitkUInt8)) > 0
-    tbrain = image_to_xyz(tmask if same_geometry(tmask, grid, tol=1e-6) else onto_grid(
-        tmask, grid, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8)) > 0
+    head_w = onto_grid_xyz(heads[ref_name], grid, to_ref, interp=sitk.sitkNearestNeighbor,
+                           out_type=sitk.sitkUInt8) > 0
+    tbrain = (template_brain_xyz(opts.template_mask_threshold) if same_geometry(tmask, grid, tol=1e-6)
+              else onto_grid_xyz(tmask, grid, interp=sitk.sitkNearestNeighbor, out_type=sitk.sitkUInt8) > 0)
     if user_mask is not None:
-        brain = image_to_xyz(onto_grid(user_mask, grid, to_ref, interp=sitk.sitkLinear)) >= 0.5
+        brain = onto_grid_xyz(user_mask, grid, to_ref, interp=sitk.sitkLinear) >= 0.5
     else:
         brain = tbrain & fov
     timings["resample"] = time.perf_counter() - t0
