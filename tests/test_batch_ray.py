@@ -130,7 +130,21 @@ def test_killed_worker_is_replaced_its_case_retried_and_resume_redoes_nothing(tm
     assert len(summary) == 6 and all(r["skipped"] == "1" for r in summary)
 
 
-def test_ctrl_c_leaves_only_complete_cases_and_a_rerun_finishes(tmp_path, cluster):
+@pytest.fixture()
+def ctrl_c():
+    """Python's Ctrl-C handler even where the suite was started in the background (a shell's `&` sets SIGINT to
+    ignored, and Python then raises no KeyboardInterrupt)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+# a child process with Python's Ctrl-C handler whatever SIGINT disposition it inherits (see ctrl_c)
+WITH_CTRL_C = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "sys.argv = ['uad'] + sys.argv[1:]; runpy.run_module('uad_label.cli.main', run_name='__main__')")
+
+
+def test_ctrl_c_leaves_only_complete_cases_and_a_rerun_finishes(tmp_path, cluster, ctrl_c):
     src = _cases(tmp_path / "in", 6)
     out = tmp_path / "out"
 
@@ -189,7 +203,7 @@ def test_cli_joins_a_running_cluster_by_address_and_ctrl_c_exits_130(tmp_path, c
 
     src = _cases(tmp_path / "in", 10)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "uad_label.cli.main", "batch", "flair_threshold", str(src), "--preprocessed",
+    cmd = [sys.executable, "-c", WITH_CTRL_C, "batch", "flair_threshold", str(src), "--preprocessed",
            "--out", str(out), "--engine", "ray", "--address", cluster, "--workers", "1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8")
     try:
