@@ -127,6 +127,30 @@ def test_samseg_runs_outside_this_process_and_leaves_nothing(run3mm):
     assert _samseg_temp_dirs() - before == set()
 
 
+def test_job_folders_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
+    """A run killed with SIGKILL/SIGTERM never reaches its cleanup: the next run removes its copy of the scans."""
+    import subprocess
+
+    from uad_label.detectors.samseg import OWNER_FILE, TMP_PREFIX, remove_left_behind
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    dirs = {}
+    for name, owner in (("live", str(os.getpid())), ("killed", dead), ("new_ownerless", None),
+                        ("old_ownerless", None), ("bad_owner", "not a pid")):
+        d = dirs[name] = tmp_path / f"{TMP_PREFIX}{name}"
+        d.mkdir()
+        (d / "FLAIR.nii.gz").write_bytes(b"scan")
+        if owner is not None:
+            (d / OWNER_FILE).write_text(owner)
+    os.utime(dirs["old_ownerless"], (1.0, 1.0))
+    (tmp_path / "other-folder").mkdir()
+    removed = remove_left_behind(tmp_path)
+    assert sorted(p.name for p in removed) == [f"{TMP_PREFIX}killed", f"{TMP_PREFIX}old_ownerless"]
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["other-folder"] + sorted(f"{TMP_PREFIX}{n}" for n in ("bad_owner", "live", "new_ownerless"))
+
+
 @needs_samseg
 def test_cancel_kills_the_samseg_process(case3mm):
     from uad_label.detectors import get_detector

@@ -70,8 +70,10 @@ class Samseg(Detector):
         threads = params["threads"] or os.cpu_count() or 1
         import nibabel as nib
 
-        tmp = Path(tempfile.mkdtemp(prefix="uad-samseg-"))
+        remove_left_behind()
+        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX))
         try:
+            (tmp / OWNER_FILE).write_text(str(os.getpid()))
             inputs = []
             for m in mods:
                 path = tmp / f"{m}.nii.gz"
@@ -100,6 +102,46 @@ class Samseg(Detector):
 
     def default_threshold(self, work_map, case, params):
         return DEFAULT_THRESHOLD, "default: 0.3 on the lesion posterior (SAMSEG's own lesion threshold)"
+
+
+TMP_PREFIX = "uad-samseg-"
+OWNER_FILE = "owner.pid"
+ORPHAN_AGE_S = 24 * 3600.0  # a folder without an owner file (older versions) counts as left behind after a day
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_left_behind(root: str | Path | None = None, now: float | None = None) -> list[Path]:
+    """Remove the job folders of SAMSEG runs whose process is gone (killed with SIGKILL or SIGTERM, its cleanup
+    never ran: a copy of every scan stays behind); returns them. A folder whose owner lives is kept."""
+    import time
+
+    now = time.time() if now is None else now
+    removed = []
+    for d in Path(root or tempfile.gettempdir()).glob(TMP_PREFIX + "*"):
+        if not d.is_dir():
+            continue
+        try:
+            owner = int((d / OWNER_FILE).read_text().strip())
+            gone = not _alive(owner)
+        except FileNotFoundError:
+            gone = now - d.stat().st_mtime > ORPHAN_AGE_S
+        except (ValueError, OSError):
+            continue
+        if gone:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    if removed:
+        log.info("samseg: removed %d job folder(s) left behind by runs that were killed", len(removed))
+    return removed
 
 
 def _volume(out: dict, name: str) -> float:
