@@ -150,14 +150,13 @@ def pseudo_label(detector: str, data: str | Path, out: str | Path, params: dict 
 
             datastore = SafeLocalDatastore(str(root), auto_reload=False)
         modality = det.modalities[0]
-        stored: set[str] = set()
 
         def keep(row: dict) -> None:
-            """Store one case's pseudo-label as soon as it has run: a run stopped after hours keeps them."""
+            """Store one case's pseudo-label as soon as the engine hands its row over (the finished cases first,
+            then each as it has run): a run stopped after hours keeps them."""
             case = by_id.get(row["case"])
-            if case is None or row["case"] in stored:
+            if case is None:
                 return
-            stored.add(row["case"])
             if row["status"] != "ok":
                 summary["failed"].append({"case": row["case"], "error": row["error"]})
                 return
@@ -170,17 +169,15 @@ def pseudo_label(detector: str, data: str | Path, out: str | Path, params: dict 
         if engine == "local":
             from .runner import run_batch
 
-            rows = run_batch(detector, manifest, out, validated, force=force, limit=limit, progress=progress,
-                             on_result=keep)
+            run_batch(detector, manifest, out, validated, force=force, limit=limit, progress=progress,
+                      on_result=keep)
         else:
             from .ray_engine import run_batch_ray
 
-            rows = run_batch_ray(detector, manifest, out, validated, force=force, limit=limit, address=address,
-                                 workers=workers, gpus_per_worker=gpus_per_worker, progress=progress,
-                                 on_result=lambda row, _state: keep(row))
+            run_batch_ray(detector, manifest, out, validated, force=force, limit=limit, address=address,
+                          workers=workers, gpus_per_worker=gpus_per_worker, progress=progress,
+                          on_result=lambda row, _state: keep(row))
         summary["seconds"] = round(time.perf_counter() - t0, 2)
-        for row in rows:  # each was kept as it came (keep() skips those); none is left out of the summary
-            keep(row)
         for key in ("labelled", "final_meanwhile"):
             summary[key].sort()
         summary["failed"].sort(key=lambda f: f["case"])

@@ -46,7 +46,6 @@ CONFIGS = {
 
 
 def _load_volume(files: dict, modalities, preprocessed):
-
     from ..networks.ppr_maps import intensity_input
     from ..preprocess import PreprocessOptions, preprocess
 
